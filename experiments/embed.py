@@ -3,10 +3,13 @@
     python experiments/embed.py --dataset=wordnet \
         --models=all-MiniLM-L6-v2,all-mpnet-base-v2,paraphrase-MiniLM-L3-v2,wordllama --max_docs=2000
 
+    OPENAI_API_KEY=… python experiments/embed.py --dataset=wordnet --models=openai/text-embedding-3-small
+
 Complete arrays are skipped; partial ones resume at their last committed block.
 Rows: for each split (train, val), the chunks of its documents (kind=corpus) and
 its queries (kind=query), identical for every model.
 """
+import dataclasses
 import json
 import time
 
@@ -15,7 +18,7 @@ from absl import app, flags, logging
 
 from lead_jax import data, store
 from lead_jax.data import chunking
-from lead_jax.encoders import runner
+from lead_jax.encoders import openai_encoder, runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "wordnet", "'wordnet' (shipped) or a BEIR directory.")
@@ -36,12 +39,18 @@ flags.DEFINE_bool("bf16", False, "bf16 compute (GPU/TPU); fp32 otherwise.")
 flags.DEFINE_enum("store_dtype", "float32", store.DTYPES, "On-disk dtype.")
 flags.DEFINE_bool("allow_pickle", False, "Allow loading pytorch_model.bin (pickle) weights.")
 flags.DEFINE_bool("overwrite", False, "Re-embed arrays whose metadata differs instead of refusing.")
+flags.DEFINE_string("openai_api_key", None, "OpenAI key (default: $OPENAI_API_KEY). Never logged or stored.")
+flags.DEFINE_integer("openai_dimensions", None, "`dimensions` for text-embedding-3 models.")
+flags.DEFINE_integer("openai_concurrency", 4, "Concurrent OpenAI requests.")
+flags.DEFINE_integer("openai_batch_size", 512, "Inputs per OpenAI request (API cap 2048).")
+flags.DEFINE_integer("openai_max_retries", 8, "Retries per OpenAI request before failing.")
+flags.DEFINE_float("openai_timeout", 60.0, "Seconds before an OpenAI request times out (then retried).")
 
 
 def run(*, dataset, models, splits=("train", "val"), kinds=("corpus", "query"), out="checkpoints/store",
         max_docs=None, n_train=20_000, n_val=5_000, seed=0, qrels_split=None,
         chunk_cfg=chunking.ChunkConfig(), batch_size=64, block_rows=2048, bf16=False,
-        store_dtype="float32", allow_pickle=False, overwrite=False) -> dict:
+        store_dtype="float32", allow_pickle=False, overwrite=False, openai_cfg=None, openai_api_key=None) -> dict:
     ds = data.load(dataset, qrels_split)
     split_map = data.split_dataset(ds, n_train=n_train, n_val=n_val, max_docs=max_docs, seed=seed)
     rows = {(s, k): data.build_rows(ds, split_map[s], k, chunk_cfg) for s in splits for k in kinds}
@@ -53,14 +62,23 @@ def run(*, dataset, models, splits=("train", "val"), kinds=("corpus", "query"), 
             summary[name] = "complete"
             continue
         t0 = time.time()
-        prep = runner.load_encoder(name, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
-                                   allow_pickle=allow_pickle)
-        run_ = runner.Runner(prep.encoder, normalize=prep.spec.normalize, batch_size=batch_size)
-        meta = {**prep.meta, "chunker": chunk_cfg.to_json(), "dataset_seed": seed, "qrels_split": ds.qrels_split}
+        if name.startswith(openai_encoder.PREFIX):
+            cfg = dataclasses.replace(openai_cfg or openai_encoder.OpenAIConfig(model=""),
+                                      model=openai_encoder.api_name(name))
+            emb = openai_encoder.OpenAIEmbedder(cfg, api_key=openai_api_key)
+            embed, dim, model_meta, prefixes = emb.embed, emb.dim, emb.meta(), ("", "")
+            final = lambda: {"truncated_inputs": emb.truncated, "requests": emb.requests, "retries": emb.retries}
+        else:
+            prep = runner.load_encoder(name, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
+                                       allow_pickle=allow_pickle)
+            run_ = runner.Runner(prep.encoder, normalize=prep.spec.normalize, batch_size=batch_size)
+            embed, dim, model_meta, final = run_.embed, int(prep.encoder.dim), prep.meta, None
+            prefixes = (prep.spec.query_prefix, prep.spec.passage_prefix)
+        meta = {**model_meta, "chunker": chunk_cfg.to_json(), "dataset_seed": seed, "qrels_split": ds.qrels_split}
         for r in pending:
-            prefix = prep.spec.query_prefix if r.kind == "query" else prep.spec.passage_prefix
-            runner.embed_rows_to_store(run_, r, out, name, prefix=prefix, meta=meta, dtype=store_dtype,
-                                       block_rows=block_rows, overwrite=overwrite)
+            prefix = prefixes[0] if r.kind == "query" else prefixes[1]
+            runner.embed_rows_to_store(embed, dim, r, out, name, prefix=prefix, meta=meta, dtype=store_dtype,
+                                       block_rows=block_rows, overwrite=overwrite, final_meta=final)
         summary[name] = {"seconds": round(time.time() - t0, 1), "rows": sum(len(r) for r in pending)}
     return summary
 
@@ -72,7 +90,12 @@ def main(argv):
                   seed=FLAGS.seed, qrels_split=FLAGS.qrels_split,
                   chunk_cfg=chunking.ChunkConfig(FLAGS.chunk_tokens, FLAGS.chunk_overlap),
                   batch_size=FLAGS.batch_size, block_rows=FLAGS.block_rows, bf16=FLAGS.bf16,
-                  store_dtype=FLAGS.store_dtype, allow_pickle=FLAGS.allow_pickle, overwrite=FLAGS.overwrite)
+                  store_dtype=FLAGS.store_dtype, allow_pickle=FLAGS.allow_pickle, overwrite=FLAGS.overwrite,
+                  openai_cfg=openai_encoder.OpenAIConfig(
+                      model="", dimensions=FLAGS.openai_dimensions, concurrency=FLAGS.openai_concurrency,
+                      batch_size=FLAGS.openai_batch_size, max_retries=FLAGS.openai_max_retries,
+                      timeout_s=FLAGS.openai_timeout),
+                  openai_api_key=FLAGS.openai_api_key)
     print(json.dumps(summary))
 
 

@@ -95,11 +95,15 @@ class Runner:
         return result
 
 
-def embed_rows_to_store(runner: Runner, rows: Rows, root, model: str, *, prefix: str = "",
-                        meta: dict, dtype: str = "float32", block_rows: int = 2048,
-                        overwrite: bool = False, log_every_s: float = 10.0) -> store.Writer:
-    """Embeds `rows` (with `prefix` prepended) into the store, resuming a partial array."""
-    dim = int(runner.encoder.dim)
+def embed_rows_to_store(embed: Callable[[list[str]], np.ndarray], dim: int, rows: Rows, root, model: str, *,
+                        prefix: str = "", meta: dict, dtype: str = "float32", block_rows: int = 2048,
+                        overwrite: bool = False, log_every_s: float = 10.0,
+                        final_meta: Callable[[], dict] | None = None) -> store.Writer:
+    """Embeds `rows` (with `prefix` prepended) into the store, resuming a partial array.
+
+    `embed(texts) -> [len(texts), dim]` is any encoder (`Runner.embed`, the OpenAI
+    embedder); `final_meta()` adds run facts (e.g. truncation counts) at the end.
+    """
     writer = store.open_writer(root, rows.dataset, rows.split, rows.kind, model, n_rows=len(rows), dim=dim,
                                dtype=dtype, block_rows=block_rows, overwrite=overwrite,
                                meta={**meta, "rows_digest": rows.digest, "prefix": prefix})
@@ -112,14 +116,14 @@ def embed_rows_to_store(runner: Runner, rows: Rows, root, model: str, *, prefix:
     t0, done0, last = time.time(), writer.committed_rows, 0.0
     for start in range(writer.committed_rows, writer.n_rows, writer.block_rows):
         stop = min(start + writer.block_rows, writer.n_rows)
-        writer.write(start, runner.embed([prefix + t for t in rows.texts[start:stop]]))
+        writer.write(start, embed([prefix + t for t in rows.texts[start:stop]]))
         now = time.time()
         if now - last >= log_every_s or stop == writer.n_rows:
             rate = (stop - done0) / max(now - t0, 1e-9)
             eta = (writer.n_rows - stop) / max(rate, 1e-9)
             logging.info("%s: %d/%d rows, %.1f rows/s, ETA %.0fs", name, stop, writer.n_rows, rate, eta)
             last = now
-    writer.finish()
+    writer.finish(final_meta() if final_meta else None)
     return writer
 
 

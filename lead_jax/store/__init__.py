@@ -133,11 +133,15 @@ class Writer:
         self._committed = start + expected
         _atomic_write_json(self.path / "progress.json", {"committed_rows": self._committed})
 
-    def finish(self) -> None:
+    def finish(self, extra_meta: Mapping[str, Any] | None = None) -> None:
+        """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json."""
         if self._committed != self.n_rows:
             raise StoreError(f"{self.path}: finish() at {self._committed}/{self.n_rows} rows")
         if not self.complete:
-            self.meta = {**self.meta, "complete": True}
+            clash = set(extra_meta or ()) & set(_IDENTITY)
+            if clash:
+                raise ValueError(f"finish(extra_meta) may not change identity fields {sorted(clash)}")
+            self.meta = {**self.meta, **(extra_meta or {}), "complete": True}
             _atomic_write_json(self.path / "meta.json", self.meta)
 
 
