@@ -67,7 +67,7 @@ def run(*, dataset, models, splits=("train", "val"), kinds=("corpus", "query"), 
                                       model=openai_encoder.api_name(name))
             emb = openai_encoder.OpenAIEmbedder(cfg, api_key=openai_api_key)
             embed, dim, model_meta, prefixes = emb.embed, emb.dim, emb.meta(), ("", "")
-            final = lambda: {"truncated_inputs": emb.truncated, "requests": emb.requests, "retries": emb.retries}
+            final = emb.counters  # per array: each call reports and resets
         else:
             prep = runner.load_encoder(name, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
                                        allow_pickle=allow_pickle)

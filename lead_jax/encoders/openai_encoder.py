@@ -242,6 +242,13 @@ class OpenAIEmbedder:
             self._probed_dim = int(self.request(["dimension probe"]).shape[1])
         return self._probed_dim
 
+    def counters(self) -> dict:
+        """Requests, retries and truncated inputs since the last call (then reset)."""
+        with self._lock:
+            out = {"requests": self.requests, "retries": self.retries, "truncated_inputs": self.truncated}
+            self.requests = self.retries = self.truncated = 0
+        return out
+
     def meta(self) -> dict:
         """Metadata for meta.json: identity of the model, never the key."""
         ident = f"openai:{self.cfg.model}:{self.cfg.dimensions}"
