@@ -9,12 +9,9 @@ Complete arrays are skipped; partial ones resume at their last committed block.
 Rows: for each split (train, val), the chunks of its documents (kind=corpus) and
 its queries (kind=query), identical for every model.
 """
-import dataclasses
 import json
-import time
 
-import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app, flags
 
 from lead_jax import data, store
 from lead_jax.data import chunking
@@ -47,56 +44,26 @@ flags.DEFINE_integer("openai_max_retries", 8, "Retries per OpenAI request before
 flags.DEFINE_float("openai_timeout", 60.0, "Seconds before an OpenAI request times out (then retried).")
 
 
-def run(*, dataset, models, splits=("train", "val"), kinds=("corpus", "query"), out="checkpoints/store",
-        max_docs=None, n_train=20_000, n_val=5_000, seed=0, qrels_split=None,
-        chunk_cfg=chunking.ChunkConfig(), batch_size=64, block_rows=2048, bf16=False,
-        store_dtype="float32", allow_pickle=False, overwrite=False, openai_cfg=None, openai_api_key=None) -> dict:
-    ds = data.load(dataset, qrels_split)
-    split_map = data.split_dataset(ds, n_train=n_train, n_val=n_val, max_docs=max_docs, seed=seed)
-    rows = {(s, k): data.build_rows(ds, split_map[s], k, chunk_cfg) for s in splits for k in kinds}
-    summary = {}
-    for name in models:
-        pending = [r for r in rows.values() if not store.is_complete(out, ds.name, r.split, r.kind, name)]
-        if not pending:
-            logging.info("%s: all arrays complete, skipping", name)
-            summary[name] = "complete"
-            continue
-        t0 = time.time()
-        if name.startswith(openai_encoder.PREFIX):
-            cfg = dataclasses.replace(openai_cfg or openai_encoder.OpenAIConfig(model=""),
-                                      model=openai_encoder.api_name(name))
-            emb = openai_encoder.OpenAIEmbedder(cfg, api_key=openai_api_key)
-            embed, dim, model_meta, prefixes = emb.embed, emb.dim, emb.meta(), ("", "")
-            final = emb.counters  # per array: each call reports and resets
-        else:
-            prep = runner.load_encoder(name, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
-                                       allow_pickle=allow_pickle)
-            run_ = runner.Runner(prep.encoder, normalize=prep.spec.normalize, batch_size=batch_size)
-            embed, dim, model_meta, final = run_.embed, int(prep.encoder.dim), prep.meta, None
-            prefixes = (prep.spec.query_prefix, prep.spec.passage_prefix)
-        meta = {**model_meta, "chunker": chunk_cfg.to_json(), "dataset_seed": seed, "qrels_split": ds.qrels_split}
-        for r in pending:
-            prefix = prefixes[0] if r.kind == "query" else prefixes[1]
-            runner.embed_rows_to_store(embed, dim, r, out, name, prefix=prefix, meta=meta, dtype=store_dtype,
-                                       block_rows=block_rows, overwrite=overwrite, final_meta=final)
-        summary[name] = {"seconds": round(time.time() - t0, 1), "rows": sum(len(r) for r in pending)}
-    return summary
-
-
 def main(argv):
     del argv
-    summary = run(dataset=FLAGS.dataset, models=FLAGS.models, splits=FLAGS.split, kinds=FLAGS.kind,
-                  out=FLAGS.out, max_docs=FLAGS.max_docs, n_train=FLAGS.n_train, n_val=FLAGS.n_val,
-                  seed=FLAGS.seed, qrels_split=FLAGS.qrels_split,
-                  chunk_cfg=chunking.ChunkConfig(FLAGS.chunk_tokens, FLAGS.chunk_overlap),
-                  batch_size=FLAGS.batch_size, block_rows=FLAGS.block_rows, bf16=FLAGS.bf16,
-                  store_dtype=FLAGS.store_dtype, allow_pickle=FLAGS.allow_pickle, overwrite=FLAGS.overwrite,
-                  openai_cfg=openai_encoder.OpenAIConfig(
-                      model="", dimensions=FLAGS.openai_dimensions, concurrency=FLAGS.openai_concurrency,
-                      batch_size=FLAGS.openai_batch_size, max_retries=FLAGS.openai_max_retries,
-                      timeout_s=FLAGS.openai_timeout),
-                  openai_api_key=FLAGS.openai_api_key)
+    try:
+        summary = _main()
+    except (data.DataError, store.StoreError, openai_encoder.OpenAIEmbeddingError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary))
+
+
+def _main():
+    return runner.embed_dataset(
+        dataset=FLAGS.dataset, models=FLAGS.models, splits=FLAGS.split, kinds=FLAGS.kind, out=FLAGS.out,
+        max_docs=FLAGS.max_docs, n_train=FLAGS.n_train, n_val=FLAGS.n_val, seed=FLAGS.seed,
+        qrels_split=FLAGS.qrels_split, chunk_cfg=chunking.ChunkConfig(FLAGS.chunk_tokens, FLAGS.chunk_overlap),
+        batch_size=FLAGS.batch_size, block_rows=FLAGS.block_rows, bf16=FLAGS.bf16, store_dtype=FLAGS.store_dtype,
+        allow_pickle=FLAGS.allow_pickle, overwrite=FLAGS.overwrite,
+        openai_cfg=openai_encoder.OpenAIConfig(
+            model="", dimensions=FLAGS.openai_dimensions, concurrency=FLAGS.openai_concurrency,
+            batch_size=FLAGS.openai_batch_size, max_retries=FLAGS.openai_max_retries, timeout_s=FLAGS.openai_timeout),
+        openai_api_key=FLAGS.openai_api_key)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Encoding runner: bucketed, length-sorted, padded batches give the PyTorch reference embeddings;
-the embed binary's run() skips complete arrays and resumes partial ones to identical bytes."""
+embed_dataset skips complete arrays and resumes partial ones to identical bytes."""
 import os
 import pathlib
 
@@ -43,15 +43,10 @@ def test_runner_matches_torch_with_buckets_and_padding_rows():
 
 @needs_minilm
 def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "embed_bin", pathlib.Path(__file__).resolve().parents[1] / "experiments" / "embed.py")
-    embed_bin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(embed_bin)
     kw = dict(dataset="wordnet", models=["wordllama"], max_docs=120, block_rows=16, splits=["train"], kinds=["corpus"])
-    embed_bin.run(out=tmp_path / "a", **kw)
+    runner.embed_dataset(out=tmp_path / "a", **kw)
     full = store.read_array(tmp_path / "a", "wordnet", "train", "corpus", "wordllama")
-    assert embed_bin.run(out=tmp_path / "a", **kw) == {"wordllama": "complete"}
+    assert runner.embed_dataset(out=tmp_path / "a", **kw) == {"wordllama": "complete"}
 
     # a partial array (as a killed run leaves it) is resumed at its committed block
     ds = data.load("wordnet")
@@ -63,6 +58,6 @@ def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
                                 "qrels_split": "test", "rows_digest": rows.digest, "prefix": ""})
     w.write(0, full[:16])
     w.write(16, full[16:32])
-    embed_bin.run(out=tmp_path / "b", **kw)
+    runner.embed_dataset(out=tmp_path / "b", **kw)
     again = store.read_array(tmp_path / "b", "wordnet", "train", "corpus", "wordllama")
     assert again.tobytes() == full.tobytes()

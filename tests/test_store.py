@@ -1,6 +1,5 @@
 """Store: round trip, refusals, and SIGKILL at random points resuming to identical bytes."""
 import json
-import os
 import pathlib
 import random
 import signal

@@ -174,7 +174,7 @@ class OpenAIEmbedder:
                 raise OpenAIEmbeddingError(f"model {self.cfg.model!r} rejected (HTTP 400): {msg}") from None
             raise OpenAIEmbeddingError(f"request rejected (HTTP 400): {msg}") from None
         except openai.RateLimitError as e:
-            raise _Retryable(f"rate limited (429)", _retry_after(e.response)) from None
+            raise _Retryable("rate limited (429)", _retry_after(e.response)) from None
         except openai.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise _Retryable(f"server error (HTTP {e.status_code})", _retry_after(e.response)) from None

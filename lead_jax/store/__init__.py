@@ -170,7 +170,7 @@ def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows
         if diff:
             raise StoreError(f"{path}: exists with different {', '.join(diff)} "
                              f"(e.g. {diff[0]}: {old.get(diff[0])!r} vs {full.get(diff[0])!r}); "
-                             "delete it or pass overwrite to re-embed")
+                             "delete it or pass --overwrite (overwrite=True) to re-embed")
         progress = _read_json(path / "progress.json") or {"committed_rows": 0}
         committed = int(progress["committed_rows"])
         if old.get("complete") and committed != n_rows:
@@ -194,18 +194,24 @@ def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
     return meta
 
 
-def is_complete(root, dataset: str, split: str, kind: str, model: str) -> bool:
+def is_complete(root, dataset: str, split: str, kind: str, model: str, rows_digest: str | None = None) -> bool:
+    """Complete, and (when `rows_digest` is given) holding exactly those rows."""
     meta = _read_json(array_dir(root, dataset, split, kind, model) / "meta.json")
-    return bool(meta and meta.get("complete"))
+    return bool(meta and meta.get("complete") and (rows_digest is None or meta.get("rows_digest") == rows_digest))
 
 
-def list_models(root, dataset: str, split: str, kind: str, complete_only: bool = True) -> list[str]:
+def list_models(root, dataset: str, split: str, kind: str, complete_only: bool = True,
+                include_translated: bool = False) -> list[str]:
+    """Models with an array here; translated arrays (experiments/translate_store.py) only on request."""
     base = pathlib.Path(root) / dataset / split / kind
     out = []
     for d in sorted(base.glob("*/meta.json")) if base.is_dir() else []:
         meta = _read_json(d)
-        if meta and (meta.get("complete") or not complete_only):
-            out.append(meta["model"])
+        if not meta or (complete_only and not meta.get("complete")):
+            continue
+        if meta.get("source") == "translated" and not include_translated:
+            continue
+        out.append(meta["model"])
     return out
 
 
@@ -219,7 +225,7 @@ def read_array(root, dataset: str, split: str, kind: str, model: str, *,
         raise StoreError(f"{path}: incomplete ({progress['committed_rows']}/{meta['n_rows']} rows "
                          "committed); rerun the embedding to finish it")
     if check_alignment:
-        for other in list_models(root, dataset, split, kind):
+        for other in list_models(root, dataset, split, kind, include_translated=True):
             if other == model:
                 continue
             o = read_meta(root, dataset, split, kind, other)
@@ -232,3 +238,12 @@ def read_array(root, dataset: str, split: str, kind: str, model: str, *,
         raise StoreError(f"{path}: shape {x.shape} != meta [{meta['n_rows']}, {meta['dim']}]")
     check_finite(x, str(path))
     return x
+
+
+def read_models(root, dataset: str, split: str, kind: str,
+                models: list[str] | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """The named models' arrays (default: every complete one), checked and row-aligned."""
+    models = list(models) if models else list_models(root, dataset, split, kind)
+    if not models:
+        raise StoreError(f"{pathlib.Path(root) / dataset / split / kind}: no complete arrays; run experiments/embed.py")
+    return models, [read_array(root, dataset, split, kind, m) for m in models]

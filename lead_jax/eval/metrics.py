@@ -1,0 +1,266 @@
+"""Validation metrics, controls, k-fold statistics and the long results table.
+
+Metric definitions (val rows y [n, d], predictions ŷ, per-dimension val mean ȳ_j and
+median med_j; everything per (source, target) pair):
+
+  MSE        = Σ_nj (y − ŷ)² / (n d)                 log10_mse = log10(MSE)
+  R² (avg)   = mean_j [1 − SSE_j / SST_j]             SST_j = Σ_n (y_nj − ȳ_j)²  (val mean,
+  R² (vw)    = 1 − Σ_j SSE_j / Σ_j SST_j              sklearn's convention; near-constant dims,
+                                                      SST_j ≤ 1e-8·max SST, are left out of the average)
+  MAE        = Σ_nj |y − ŷ| / (n d)
+  EAV        = 1 − Σ_nj |y − ŷ| / Σ_nj |y_nj − med_j|   explained absolute variation: the L1
+               analogue of R².  The per-dimension val median is the best constant under L1,
+               so any constant predictor scores EAV ≤ 0 and a perfect one scores 1.
+  cos        = mean_n cos(ŷ_n, y_n) on raw (uncentred) vectors.
+
+SSE_j for every λ comes from Gram identities (:mod:`lead_jax.stitch.closed_form`); only
+MAE, EAV and cos need predictions, and they are computed at the chosen λ only.
+
+Controls per target B (same definitions, same val rows):
+  train_mean: ŷ = μ_B (train mean).  SSE_j = Σ_n ỹ_nj² = g_Bj.  R² = 0 on the train split by
+              construction; on val it is −n(ȳ_j − μ_Bj)²/SST_j ≤ 0, ≈ 0.
+  zero:       ŷ = 0, the reference study's "mean estimator".  SSE_j = Σ (ỹ + μ)² =
+              g_Bj + 2 μ_Bj s_Bj + n μ_Bj².  cos(0, y) is undefined → NaN.
+  random Gaussian source: the control model (seeded N(0, 1) rows) stitched with the
+              same solver; it is an ordinary source row in the pair results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from lead_jax.similarity import gram as gram_lib
+from lead_jax.similarity.gram import ein
+
+PATH_METRICS = ("mse", "log10_mse", "r2", "r2_vw")
+ROW_METRICS = ("mae", "eav", "cos")
+W_METRICS = ("orth_dev", "orth_dev_min", "bias_norm", "target_mean_norm", "bias_ratio")
+
+
+# A target dim whose val variance is below this fraction of the largest dim's is constant
+# (some models have dead dims, e.g. all-MiniLM-L6-v2 dims 127 and 223 with variance ~1e-66):
+# it is left out of the per-dimension R² average, where 1/SST_j would explode on float noise.
+CONST_DIM_RTOL = 1e-8
+
+
+def regression_metrics(y: jax.Array, yhat: jax.Array) -> dict[str, jax.Array]:
+  """All metrics from explicit predictions (y, ŷ [..., n, d]); the plain definition."""
+  r = y - yhat
+  sse_j = jnp.sum(r * r, axis=-2)
+  sst_j = jnp.sum(jnp.square(y - jnp.mean(y, axis=-2, keepdims=True)), axis=-2)
+  n, d = y.shape[-2], y.shape[-1]
+  ok = sst_j > CONST_DIM_RTOL * jnp.max(sst_j, axis=-1, keepdims=True)
+  out = {"mse": jnp.sum(sse_j, -1) / (n * d)}
+  out["log10_mse"] = jnp.log10(out["mse"])
+  out["r2"] = jnp.sum(jnp.where(ok, 1.0 - sse_j / jnp.where(ok, sst_j, 1.0), 0.0), -1) / jnp.sum(ok, -1)
+  out["r2_vw"] = 1.0 - jnp.sum(sse_j, -1) / jnp.sum(sst_j, -1)
+  sabs = jnp.sum(jnp.abs(r), axis=(-2, -1))
+  out["mae"] = sabs / (n * d)
+  out["eav"] = 1.0 - sabs / jnp.sum(jnp.abs(y - jnp.median(y, axis=-2, keepdims=True)), axis=(-2, -1))
+  cos = jnp.sum(y * yhat, -1) / (jnp.linalg.norm(y, axis=-1) * jnp.linalg.norm(yhat, axis=-1))
+  out["cos"] = jnp.mean(cos, -1)
+  return out
+
+
+def sse_summaries(sse_total, sse_w, sst_tot, n_valid, nv, d_b):
+  mse = sse_total / (nv * d_b)
+  return {"mse": mse, "log10_mse": jnp.log10(mse), "r2": 1.0 - sse_w / n_valid,
+          "r2_vw": 1.0 - sse_total / sst_tot}
+
+
+
+def masked_median(y: jax.Array, mask: jax.Array) -> jax.Array:
+  """Median over rows of y [n, ...] counting only rows with mask 1."""
+  big = jnp.where(mask.reshape((-1,) + (1,) * (y.ndim - 1)) > 0, y, jnp.inf)
+  srt = jnp.sort(big, axis=0)
+  c = jnp.sum(mask > 0).astype(jnp.int32)
+  return 0.5 * (srt[(c - 1) // 2] + srt[c // 2])
+
+
+
+def fold_stats(zs, idx, mask):
+  """Per-fold statistics from per-fold Grams, no refit from rows.
+
+  zs: grouped rows [N, m, d] already shifted by the global mean (so fold means are
+  small and ``G − n μμᵀ`` does not cancel badly).  idx/mask [K, n_f]: rows of each fold.
+  The train Gram of fold f is Σ_{g≠f} G_g = G_all − G_f; centring by the train mean μ:
+      C_tr = G_tr − n_tr μμᵀ,   G_v = G_f − S_f μᵀ − μ S_fᵀ + n_f μμᵀ,   s_v = S_f − n_f μ.
+  """
+  zf = [z[idx] * mask[..., None, None] for z in zs]                  # [K, n_f, m, d]
+  n = len(zs)
+  gf = {(a, b): ein("fnip,fnjq->fipjq", zf[a], zf[b]) for a in range(n) for b in range(a, n)}
+  for a in range(n):
+    for b in range(a):
+      gf[a, b] = jnp.transpose(gf[b, a], (0, 3, 4, 1, 2))
+  sf = [jnp.sum(z, axis=1) for z in zf]                               # [K, m, d]
+  nf = jnp.sum(mask, axis=1)                                          # [K]
+  ntot = jnp.sum(nf)
+  ntr = ntot - nf
+  mu = [(jnp.sum(s, axis=0)[None] - s) / ntr[:, None, None] for s in sf]   # [K, m, d]
+  out_c, out_gv = {}, {}
+  for (a, b), g in gf.items():
+    outer = ein("fip,fjq->fipjq", mu[a], mu[b])
+    cross_ab = ein("fip,fjq->fipjq", sf[a], mu[b])
+    cross_ba = ein("fip,fjq->fipjq", mu[a], sf[b])
+    gall = jnp.sum(g, axis=0)[None]
+    out_c[a, b] = (gall - g) - ntr[:, None, None, None, None] * outer
+    out_gv[a, b] = g - cross_ab - cross_ba + nf[:, None, None, None, None] * outer
+  sv = [s - nf[:, None, None] * m for s, m in zip(sf, mu)]
+  return {"c": out_c, "gv": out_gv, "sv": sv, "nv": nf, "mu": mu}
+
+
+
+def controls(st, tg, rows_v, mask_v, med, layout):
+  """Train-mean estimator (ŷ = μ_B) and zero predictor (ŷ = 0), per target."""
+  out = []
+  nv = st["nv"]
+  for b, (d_b, _) in enumerate(layout.groups):
+    t, mu, sv = tg[b], st["mu"][b], st["sv"][b]
+    sse_mean = t["g"]                                                    # Σ ỹ²
+    sse_zero = t["g"] + 2.0 * mu * sv + nv * mu ** 2                     # Σ (ỹ + μ)²
+    res = {}
+    for name, sse_j in (("train_mean", sse_mean), ("zero", sse_zero)):
+      res[name] = sse_summaries(jnp.sum(sse_j, -1), jnp.sum(t["w"] * sse_j, -1),
+                                 t["sst_tot"], t["n_valid"], nv, d_b)
+    if rows_v is not None:
+      yv = rows_v[b]                                                     # [n, m, d]
+      dev = ein("nbj,n->b", jnp.abs(yv - med[b][None]), mask_v)
+      for name, pred in (("train_mean", jnp.broadcast_to(mu[None], yv.shape)), ("zero", jnp.zeros_like(yv))):
+        sabs = ein("nbj,n->b", jnp.abs(yv - pred), mask_v)
+        res[name]["mae"] = sabs / (nv * d_b)
+        res[name]["eav"] = 1.0 - sabs / dev
+        if name == "zero":
+          res[name]["cos"] = jnp.full(sabs.shape, jnp.nan, sabs.dtype)   # cos(0, y) undefined
+        else:
+          cos = jnp.sum(pred * yv, -1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1) + 1e-30)
+          res[name]["cos"] = ein("nb,n->b", cos, mask_v) / nv
+    out.append(res)
+  return out
+
+
+
+def fold_indices(n: int, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Random equal-as-possible folds: idx [K, ceil(n/K)] padded with 0, mask [K, ceil(n/K)]."""
+  if not 2 <= n_folds <= n:
+    raise ValueError(f"n_folds must be in [2, {n}], got {n_folds}")
+  perm = np.random.default_rng(seed).permutation(n)
+  parts = np.array_split(perm, n_folds)
+  width = max(len(p) for p in parts)
+  idx = np.zeros((n_folds, width), np.int32)
+  mask = np.zeros((n_folds, width), np.float32)
+  for f, p in enumerate(parts):
+    idx[f, :len(p)] = p
+    mask[f, :len(p)] = 1
+  return idx, mask
+
+
+
+
+# ----------------------------------------------------------------------------- tables
+
+TABLE_COLUMNS = ("source", "target", "source_dim", "target_dim", "method", "lam", "fold",
+                 "metric", "value", "chosen")
+
+
+def model_names(results: dict, names: Sequence[str] | None = None) -> list[str]:
+  meta = results["meta"]
+  m = meta["n_models"]
+  names = list(names) if names is not None else [f"model_{i}" for i in range(m)]
+  if len(names) != m:
+    raise ValueError(f"{len(names)} names for {m} models")
+  if meta["control_index"] is not None:
+    names.append("gaussian_control")
+  return names
+
+
+def _pair_rows(names, dims, arr, method, metric, lam, chosen, fold):
+  """arr [M, M] or [M, M, L] → long rows for off-diagonal pairs."""
+  arr = np.asarray(arr, np.float64)
+  m = len(names)
+  src, tgt = np.nonzero(~np.eye(m, dtype=bool))
+  if arr.ndim == 2:
+    arr, lam, chosen = arr[..., None], np.asarray(lam)[..., None], np.asarray(chosen)[..., None]
+  n_l = arr.shape[-1]
+  lam = np.broadcast_to(lam, arr.shape)
+  chosen = np.broadcast_to(chosen, arr.shape)
+  s = np.repeat(src, n_l)
+  t = np.repeat(tgt, n_l)
+  return pd.DataFrame({
+      "source": np.asarray(names, object)[s], "target": np.asarray(names, object)[t],
+      "source_dim": np.asarray(dims)[s], "target_dim": np.asarray(dims)[t], "method": method,
+      "lam": lam[src, tgt].reshape(-1), "fold": fold, "metric": metric,
+      "value": arr[src, tgt].reshape(-1), "chosen": chosen[src, tgt].reshape(-1)})
+
+
+def _one_fold(tree, lambdas, names, dims, fold):
+  frames = []
+  lam_idx = np.asarray(tree["chosen"]["lambda_index"])
+  m = len(names)
+  safe = np.nan_to_num(lam_idx).round().astype(int)
+  lam_path = np.broadcast_to(lambdas, (m, m, len(lambdas)))
+  is_chosen = np.arange(len(lambdas))[None, None, :] == safe[..., None]
+  for metric, arr in tree["ridge"].items():
+    frames.append(_pair_rows(names, dims, arr, "ridge", metric, lam_path, is_chosen, fold))
+  lam_ch = np.asarray(lambdas)[safe]
+  for metric, arr in tree["chosen"].items():
+    if metric in PATH_METRICS or metric in ("lambda", "lambda_index"):
+      continue
+    frames.append(_pair_rows(names, dims, arr, "ridge", metric, lam_ch, True, fold))
+  for method in ("procrustes", "procrustes_scaled"):
+    for metric, arr in tree.get(method, {}).items():
+      frames.append(_pair_rows(names, dims, arr, method, metric, np.nan, False, fold))
+  for method, d in tree["controls"].items():
+    for metric, arr in d.items():
+      frames.append(pd.DataFrame({
+          "source": method, "target": names, "source_dim": 0, "target_dim": dims,
+          "method": method, "lam": np.nan, "fold": fold, "metric": metric,
+          "value": np.asarray(arr, np.float64), "chosen": False}))
+  return frames
+
+
+def results_to_table(results: dict, names: Sequence[str] | None = None,
+                     dataset: str | None = None) -> pd.DataFrame:
+  """One row per (source, target, method, λ, fold, metric).
+
+  Works on the output of ``fit_all_pairs`` (fold = "val") and of
+  ``cross_validate_all_pairs`` (fold = "0".."K-1", "mean", "std").  Ridge rows cover
+  the whole λ-path for the Gram metrics (``chosen`` marks the selected λ); row metrics
+  and W diagnostics exist only at the chosen λ.  Controls have method/source
+  "train_mean" or "zero"; the random-source control is source "gaussian_control".
+  """
+  names = model_names(results, names)
+  dims = results["meta"]["dims"]
+  lambdas = np.asarray(results["lambdas"], np.float64)
+  frames = []
+  if "folds" in results:
+    k = results["meta"]["n_folds"]
+    for f in range(k):
+      frames += _one_fold(jax.tree.map(lambda x: np.asarray(x)[f], results["folds"]), lambdas, names, dims, str(f))
+    frames += _one_fold(results["mean"], lambdas, names, dims, "mean")
+    frames += _one_fold(results["std"], lambdas, names, dims, "std")
+  else:
+    frames += _one_fold(results, lambdas, names, dims, "val")
+  df = pd.concat(frames, ignore_index=True)
+  if dataset is not None:
+    df.insert(0, "dataset", dataset)
+  return df
+
+
+def cka_to_table(cka: dict, names: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
+  """Long table of the CKA matrices: one row per (model_a, model_b, kind)."""
+  frames = []
+  for kind in ("linear", "debiased"):
+    a = np.asarray(cka[kind], np.float64)
+    i, j = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
+    frames.append(pd.DataFrame({"model_a": np.asarray(names, object)[i.ravel()],
+                                "model_b": np.asarray(names, object)[j.ravel()],
+                                "kind": kind, "value": a.ravel()}))
+  df = pd.concat(frames, ignore_index=True)
+  if dataset is not None:
+    df.insert(0, "dataset", dataset)
+  return df

@@ -1,0 +1,96 @@
+"""Linear and debiased CKA for every pair of models, from cross-Gram blocks.
+
+Everything is in feature space: no N×N kernel is formed.  With X [N, d_x], Y [N, d_y]
+centred by their (own) means and linear kernels K = XXᵀ, L = YYᵀ:
+
+Linear CKA (Kornblith et al. 2019)::
+
+    HSIC(K, L) ∝ tr(HKH HLH) = ‖XᵀY‖²_F          (X, Y already centred)
+    CKA = ‖XᵀY‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)
+
+Debiased CKA uses the unbiased HSIC estimator of Song et al. (2012)::
+
+    HSIC_u = [tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) − 2/(n-2) · 1ᵀK̃L̃1] / (n(n-3))
+
+with K̃, L̃ the kernels with their diagonals set to zero.  Let r_n = ‖x_n‖², s_n = ‖y_n‖²
+(the kernels' diagonals) and note Σ_n x_n = 0 after centring.  Then
+
+    tr(K̃L̃)   = Σ_{n≠m} K_nm L_nm = ‖XᵀY‖²_F − rᵀs
+    1ᵀK̃1     = ‖Σ_n x_n‖² − Σ r = −tr(XᵀX)
+    1ᵀK̃L̃1    = (K1 − r)ᵀ(L1 − s) = (X·0 − r)ᵀ(Y·0 − s) = rᵀs
+
+so every term is a Gram block norm, a trace, or a dot of row-norm vectors (R Rᵀ, one
+[M, N]×[N, M] product).  HSIC_u is a U-statistic of differences, so it is invariant to
+translating the features: centring changes nothing and keeps the arithmetic well scaled.
+Debiased CKA = HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L)).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from lead_jax.similarity import gram as gram_lib
+from lead_jax.similarity.gram import Layout, ein
+
+CONTROL_NAME = "gaussian_control"
+
+
+def cka_all_pairs(xs: Sequence[jax.typing.ArrayLike], *, control_dim: int | None = 768,
+                  seed: int = 0, dtype=None) -> dict[str, jax.Array]:
+  """Linear and debiased CKA between every pair of models.
+
+  Args:
+    xs: M arrays ``[N, d_i]`` with aligned rows.
+    control_dim: width of the appended seeded standard-normal control model
+      (``None`` for no control).  With it the outputs are (M+1)×(M+1), control last.
+    seed: seed of the control rows.
+    dtype: float32 (default) or float64 (needs x64).
+
+  Returns:
+    dict with ``linear`` and ``debiased`` CKA matrices, ``hsic_u`` (unbiased HSIC) and
+    ``fro2`` (‖X_iᵀX_j‖²_F), all ``[M(+1), M(+1)]`` in caller order.
+  """
+  gram_lib.check_rows(xs, "xs", n_rows=np_rows(xs))
+  dtype = gram_lib.compute_dtype(xs, dtype)
+  dims = [int(x.shape[1]) for x in xs] + ([control_dim] if control_dim else [])
+  layout = gram_lib.make_layout(dims)
+  xs = tuple(jnp.asarray(x, dtype) for x in xs)
+  return _cka_impl(xs, layout=layout, control_dim=control_dim, seed=seed)
+
+
+def np_rows(xs) -> int:
+  return int(xs[0].shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed"))
+def _cka_impl(xs, *, layout: Layout, control_dim, seed):
+  n = xs[0].shape[0]
+  xs = list(xs)
+  if control_dim:
+    xs.append(gram_lib.gaussian_control(n, control_dim, seed, xs[0].dtype))
+  zs = gram_lib.stack_groups(xs, layout)
+  zs = [z - jnp.mean(z, axis=0) for z in zs]
+  return cka_from_centred_groups(zs, layout, n)
+
+
+def cka_from_centred_groups(zs: Sequence[jax.Array], layout: Layout, n: int) -> dict[str, jax.Array]:
+  """CKA from per-group centred rows ``[N, m_g, d_g]`` (traceable; rows may be sharded)."""
+  blocks = gram_lib.gram_blocks(zs)
+  fro2 = {k: jnp.sum(jnp.square(g), axis=(1, 3)) for k, g in blocks.items()}   # [m_a, m_b]
+  fro2 = gram_lib.assemble(fro2, layout)
+  r = jnp.concatenate([jnp.sum(jnp.square(z), axis=2) for z in zs], axis=1)   # [N, M] group order
+  r = gram_lib.to_caller_order(r.T, layout, axes=1)                           # [M, N]
+  return cka_from_stats(fro2, ein("in,jn->ij", r, r), jnp.sum(r, axis=1), n)
+
+
+def cka_from_stats(fro2: jax.Array, rs: jax.Array, tr: jax.Array, n: int) -> dict[str, jax.Array]:
+  """CKA from ‖C_ij‖²_F, rᵢᵀrⱼ and tr(C_ii) (centred data, n rows)."""
+  lin = fro2 / jnp.sqrt(jnp.outer(jnp.diag(fro2), jnp.diag(fro2)))
+  hsic_u = (fro2 - rs + jnp.outer(tr, tr) / ((n - 1) * (n - 2)) - 2.0 * rs / (n - 2)) / (n * (n - 3))
+  d = jnp.diag(hsic_u)
+  deb = hsic_u / jnp.sqrt(jnp.outer(d, d))
+  return {"linear": lin, "debiased": deb, "hsic_u": hsic_u, "fro2": fro2}

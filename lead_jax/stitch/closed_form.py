@@ -1,0 +1,501 @@
+"""Closed-form stitches for every ordered pair of models at once: ridge λ-path, OLS, Procrustes.
+
+Notation (one dataset, one split).  X̃ = X − μ_A and Ỹ = Y − μ_B are the train rows
+centred by their *train* means; C_AA = X̃ᵀX̃, C_AB = X̃ᵀỸ are cross-Gram blocks
+(:mod:`lead_jax.similarity.gram`).  Val rows are centred by the same train means:
+x̃ = x − μ_A, ỹ = y − μ_B, with val Grams G_AA = x̃ᵀx̃, G_AB = x̃ᵀỹ, g_B = diag(ỹᵀỹ)
+and column sums s_B = Σ_n ỹ_n.
+
+Ridge with an unpenalised intercept.  Minimising ‖Y − XW − 1b‖² + λ‖W‖² over b gives
+b = μ_B − μ_A W; substituting leaves ‖Ỹ − X̃W‖² + λ‖W‖², so
+
+    W_λ = (C_AA + λI)⁻¹ C_AB.
+
+One eigendecomposition C_AA = V diag(s) Vᵀ per *source* serves every target and λ:
+
+    W_λ = V diag(f_λ(s)) Vᵀ C_AB = V diag(f_λ) P,      P = Vᵀ C_AB   [k, d_B]
+    f_λ(s) = 1/(s + λ)                         (λ > 0)
+    f_0(s) = 1/s if s > rcond·max(s) else 0    (λ = 0: minimum-norm least squares, the
+                                                pseudo-inverse with a relative cutoff).
+
+When N < d_A the dual is cheaper: K = X̃X̃ᵀ = U diag(s) Uᵀ (N×N) and the nonzero
+eigenvectors of C_AA are V = X̃ᵀ U diag(s)^-½, so the same (V, s) interface holds with
+k = N.  C_AB lies in range(X̃ᵀ) = span(V), so components outside it vanish for every λ.
+
+Validation SSE for the whole λ-path without predictions.  The residual is r = ỹ − x̃W, so
+per target dimension j
+
+    SSE_j(λ) = g_Bj − 2 (Wᵀ G_AB)_jj + (Wᵀ G_AA W)_jj.
+
+With W = V F P (F = diag f_λ), Q = Vᵀ G_AB and M = Vᵀ G_AA V:
+
+    (Wᵀ G_AB)_jj   = Σ_k f_k P_kj Q_kj
+    (Wᵀ G_AA W)_jj = Σ_kl f_k f_l M_kl P_kj P_lj.
+
+Only two weighted sums over j are needed: weights 1 (total SSE → MSE, variance-weighted
+R²) and ω_j = 1/SST_j (per-dimension-average R²).  Hence per pair, once:
+
+    t = Σ_j ω_j P_kj Q_kj            [k]
+    H = M ∘ (P diag(ω) Pᵀ)           [k, k]
+
+and per λ only  Σ_ω SSE(λ) = Σ_j ω_j g_Bj − 2 f_λᵀ t + f_λᵀ H f_λ.  SST_j = g_Bj − s_Bj²/n is
+the val variance about the *val* mean (sklearn's r2_score convention), so the
+train-mean estimator scores R² = −n‖ȳ_val − μ_B‖²/SST ≈ 0 (exactly 0 on the train split).
+
+Predictions are formed only at the chosen λ (argmin val MSE per pair) for the metrics
+without a Gram identity: MAE, explained absolute variation, cosine.
+
+Orthogonal Procrustes.  min ‖X̃R − Ỹ‖ over RᵀR = I after zero-padding the smaller side
+to max(d_A, d_B): R = U Vᵀ from the thin SVD C_AB = U Σ Vᵀ (the padded rows/columns
+only add zeros).  The scaled variant uses s* = tr Σ / tr C_AA.  Its val SSE uses the
+same identity with W = sR.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lead_jax.similarity import gram as gram_lib
+from lead_jax.similarity.cka import CONTROL_NAME
+from lead_jax.similarity.gram import Layout, ein
+from lead_jax.eval import metrics
+
+DEFAULT_LAMBDAS = np.concatenate([[0.0], np.logspace(-4, 4, 9)])
+PATH_METRICS = metrics.PATH_METRICS
+ROW_METRICS = metrics.ROW_METRICS
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def member_diag(block: jax.Array) -> jax.Array:
+  """[m, d, m, e] group block → [m, d, e] blocks of each member with itself."""
+  return jnp.moveaxis(jnp.diagonal(block, axis1=0, axis2=2), -1, 0)
+
+
+def default_rcond(k: int, dtype) -> float:
+  """Relative eigenvalue cutoff for λ = 0: eigenvalues of a Gram computed in `dtype`
+  carry absolute error ~ k·eps·max(s), so smaller ones are noise."""
+  return float(k * np.finfo(np.dtype(dtype)).eps)
+
+
+def lambda_filter(s: jax.Array, lambdas: jax.Array, rcond: float) -> jax.Array:
+  """f_λ(s) for every λ: s [..., k] → [..., L, k]."""
+  s = jnp.maximum(s, 0.0)
+  smax = jnp.max(s, axis=-1, keepdims=True)
+  keep = s > rcond * smax
+  pinv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+  lam = lambdas.astype(s.dtype)[:, None]
+  ridge = 1.0 / (s[..., None, :] + jnp.where(lam > 0, lam, 1.0))
+  return jnp.where(lam > 0, ridge, pinv[..., None, :])
+
+
+def source_eig(c_aa: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Primal: C_AA [m, d, d] = V diag(s) Vᵀ."""
+  s, v = gram_lib.linalg_map(jnp.linalg.eigh, 0.5 * (c_aa + jnp.swapaxes(c_aa, -1, -2)), 1)
+  return v, s
+
+
+def source_eig_dual(xc: jax.Array, rcond: float) -> tuple[jax.Array, jax.Array]:
+  """Dual (N < d): xc [N, m, d] centred rows; K = X̃X̃ᵀ = U s Uᵀ, V = X̃ᵀ U s^-½."""
+  k = ein("nap,lap->anl", xc, xc)
+  s, u = gram_lib.linalg_map(jnp.linalg.eigh, 0.5 * (k + jnp.swapaxes(k, -1, -2)), 1)
+  s = jnp.maximum(s, 0.0)
+  keep = s > rcond * jnp.max(s, axis=-1, keepdims=True)
+  scale = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, s, 1.0)), 0.0)
+  v = ein("nap,anl->apl", xc, u) * scale[:, None, :]
+  return v, jnp.where(keep, s, 0.0)
+
+
+def _gram_small(x):
+  """x [..., m, n] → the smaller of x xᵀ / xᵀ x (and whether it was x xᵀ)."""
+  m, n = x.shape[-2:]
+  if m <= n:
+    return ein("...ij,...kj->...ik", x, x), True
+  return ein("...ji,...jk->...ik", x, x), False
+
+
+def singular_values(x: jax.Array) -> jax.Array:
+  """Singular values (descending) of x [..., m, n] from eigvalsh of the smaller Gram.
+
+  Much cheaper than an SVD on CPU; values below ~sqrt(eps)·σ_max lose relative accuracy,
+  which is fine for a spectrum plot and for ‖WᵀW − I‖ (it uses σ² directly).
+  """
+  g, _ = _gram_small(x)
+  ev = gram_lib.linalg_map(jnp.linalg.eigvalsh, g, x.ndim - 2)
+  return jnp.sqrt(jnp.maximum(ev, 0.0))[..., ::-1]
+
+
+def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Orthogonal polar factor R = U Vᵀ of c [..., m, n] (thin SVD c = U Σ Vᵀ) and Σ.
+
+  Via one eigh of the smaller Gram: if n ≤ m, cᵀc = V Λ Vᵀ and R = c V Λ^-½ Vᵀ; else
+  c cᵀ = U Λ Uᵀ and R = U Λ^-½ Uᵀ c.  Directions with Λ ≈ 0 (rank deficiency) are
+  dropped, i.e. the zero-padded Procrustes solution restricted to the range of c.
+  """
+  g, left = _gram_small(c)
+  lam, v = gram_lib.linalg_map(jnp.linalg.eigh, g, c.ndim - 2)
+  lam = jnp.maximum(lam, 0.0)
+  ok = lam > 10 * np.finfo(np.dtype(c.dtype)).eps * jnp.max(lam, axis=-1, keepdims=True)
+  inv_sqrt = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, lam, 1.0)), 0.0)
+  p = ein("...ik,...k,...jk->...ij", v, inv_sqrt, v)
+  r = ein("...ik,...kj->...ij", p, c) if left else ein("...ik,...kj->...ij", c, p)
+  return r, jnp.sqrt(jnp.where(ok, lam, 0.0))[..., ::-1]
+
+
+# ----------------------------------------------------------------------------- sufficient statistics
+
+
+def stats_from_rows(zs_tr, zs_v, mask_v=None):
+  """Train/val sufficient statistics from grouped rows [N, m, d] (one split).
+
+  Returns dict: c (centred train Gram blocks), gv (val Gram blocks centred by train mean),
+  sv (val column sums of ỹ), nv, mu (train means), xc (centred train rows, for the dual).
+  """
+  mu = [jnp.mean(z, axis=0) for z in zs_tr]
+  xc = [z - m for z, m in zip(zs_tr, mu)]
+  xv = [z - m for z, m in zip(zs_v, mu)]
+  if mask_v is None:
+    mask_v = jnp.ones(zs_v[0].shape[0], zs_v[0].dtype)
+  xvm = [x * mask_v[:, None, None] for x in xv]
+  return {"c": gram_lib.gram_blocks(xc), "gv": gram_lib.gram_blocks(xvm),
+          "sv": [jnp.sum(x, axis=0) for x in xvm], "nv": jnp.sum(mask_v), "mu": mu}, xc
+
+
+# ----------------------------------------------------------------------------- core
+
+
+def _targets(st, layout):
+  """Per-target-group val quantities: g_B (diag), SST, weights, count of valid dims."""
+  out = []
+  for b, (d_b, _) in enumerate(layout.groups):
+    g = jnp.diagonal(member_diag(st["gv"][b, b]), axis1=1, axis2=2)      # [m, d]
+    sst = g - st["sv"][b] ** 2 / st["nv"]
+    ok = sst > metrics.CONST_DIM_RTOL * jnp.max(sst, axis=1, keepdims=True)
+    w = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
+    out.append({"g": g, "sst": sst, "w": w, "n_valid": jnp.sum(ok, axis=1).astype(g.dtype),
+                "sst_tot": jnp.sum(sst, axis=1), "ssy": jnp.sum(g, axis=1),
+                "ssy_w": jnp.sum(w * g, axis=1)})
+  return out
+
+
+def _path(st, eig, lambdas, layout, rcond, with_procrustes):
+  """Gram-only part: val metrics for every pair × λ (+ Procrustes).  No rows needed."""
+  ng = len(layout.groups)
+  tg = _targets(st, layout)
+  out = {}
+  for a, (d_a, _) in enumerate(layout.groups):
+    v, s = eig[a]
+    k = v.shape[-1]
+    filt = lambda_filter(s, lambdas, rcond[a])                           # [m_a, L, k]
+    gv_aa = member_diag(st["gv"][a, a])                                  # [m_a, d, d]
+    mv = ein("aik,aij,ajl->akl", v, gv_aa, v)                           # [m_a, k, k]
+    for b, (d_b, _) in enumerate(layout.groups):
+      t = tg[b]
+      p = ein("aik,aibj->abkj", v, st["c"][a, b])                        # [m_a, m_b, k, d_b]
+      q = ein("aik,aibj->abkj", v, st["gv"][a, b])
+      pq = p * q
+      t1 = jnp.sum(pq, axis=-1)
+      t1w = ein("abkj,bj->abk", pq, t["w"])
+      pp = ein("abkj,ablj->abkl", p, p) * mv[:, None]
+      ppw = ein("abkj,bj,ablj->abkl", p, t["w"], p) * mv[:, None]
+      quad = ein("ablk,alk->abl", ein("abkm,alm->ablk", pp, filt), filt)
+      quadw = ein("ablk,alk->abl", ein("abkm,alm->ablk", ppw, filt), filt)
+      sse = t["ssy"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1) + quad
+      ssew = t["ssy_w"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1w) + quadw
+      res = {"path": metrics.sse_summaries(sse, ssew, t["sst_tot"][None, :, None],
+                                    t["n_valid"][None, :, None], st["nv"], d_b),
+             "p": p, "filt": filt}
+      if with_procrustes:
+        res.update(_procrustes(st, a, b, t))
+      out[a, b] = res
+  return out, tg
+
+
+def _procrustes(st, a, b, t):
+  c = jnp.transpose(st["c"][a, b], (0, 2, 1, 3))                        # [m_a, m_b, d_a, d_b]
+  r, sig = polar(c)
+  tr_aa = jnp.trace(member_diag(st["c"][a, a]), axis1=1, axis2=2)      # [m_a]
+  scale = jnp.sum(sig, axis=-1) / tr_aa[:, None]
+  gv_ab = jnp.transpose(st["gv"][a, b], (0, 2, 1, 3))
+  cross = jnp.sum(r * gv_ab, axis=2)                                     # [m_a, m_b, d_b]
+  quad = jnp.sum(r * ein("aik,abkj->abij", member_diag(st["gv"][a, a]), r), axis=2)
+  d_b = c.shape[-1]
+  res = {}
+  for name, sc in (("procrustes", jnp.ones_like(scale)), ("procrustes_scaled", scale)):
+    sse_j = t["g"][None] - 2.0 * sc[..., None] * cross + sc[..., None] ** 2 * quad
+    m = metrics.sse_summaries(jnp.sum(sse_j, -1), jnp.sum(t["w"][None] * sse_j, -1),
+                       t["sst_tot"][None], t["n_valid"][None], st["nv"], d_b)
+    m["scale"] = sc
+    res[name] = m
+  return res
+
+
+def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra):
+  """Row-dependent part at the chosen λ: W, b, MAE/EAV/cosine, W diagnostics."""
+  out = {}
+  for (a, b), pth in paths.items():
+    v, _ = eig[a]
+    d_a, d_b = layout.groups[a][0], layout.groups[b][0]
+    sel = idx[a, b]                                                      # [m_a, m_b]
+    f = jnp.take_along_axis(pth["filt"][:, None], sel[..., None, None], axis=2)[..., 0, :]
+    dp = f[..., None] * pth["p"]                                         # [m_a, m_b, k, d_b]
+    w = ein("aik,abkj->abij", v, dp)
+    mu_a, mu_b = st["mu"][a], st["mu"][b]
+    bias = mu_b[None] - ein("ai,abij->abj", mu_a, w)
+    res = {"W": w, "b": bias,
+           "bias_norm": jnp.linalg.norm(bias, axis=-1),
+           "target_mean_norm": jnp.broadcast_to(jnp.linalg.norm(mu_b, axis=-1)[None], sel.shape)}
+    res["bias_ratio"] = res["bias_norm"] / res["target_mean_norm"]
+    if with_spectra:
+      k = dp.shape[-2]
+      sig = singular_values(dp)                         # [m_a, m_b, min(k, d_b)]
+      extra = d_b - min(k, d_b)                                          # zero eigenvalues of WᵀW
+      res["spectrum"] = sig
+      res["orth_dev"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) + extra) / np.sqrt(d_b)
+      res["orth_dev_min"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) / min(d_a, d_b))
+    if rows_v is not None:
+      xv = rows_v[a] - mu_a                                              # [n, m_a, d_a]
+      yv = rows_v[b]                                                     # [n, m_b, d_b]
+      pred_c = ein("nai,abij->anbj", xv, w)
+      resid = (yv - mu_b)[None] - pred_c                                 # [m_a, n, m_b, d_b]
+      sabs = ein("anbj,n->ab", jnp.abs(resid), mask_v)
+      nv = jnp.sum(mask_v)
+      dev = ein("nbj,n->b", jnp.abs(yv - med[b][None]), mask_v)
+      res["mae"] = sabs / (nv * d_b)
+      res["eav"] = 1.0 - sabs / dev[None]
+      pred = pred_c + mu_b[None, None]
+      dot = jnp.sum(pred * yv[None], -1)
+      cos = dot / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1)[None] + 1e-30)
+      res["cos"] = ein("anb,n->ab", cos, mask_v) / nv
+    out[a, b] = res
+  return out
+
+
+def _choose(mse_blocks):
+  """argmin over λ of val MSE (NaN-safe), per pair."""
+  return {k: jnp.argmin(jnp.where(jnp.isnan(m), jnp.inf, m), axis=-1) for k, m in mse_blocks.items()}
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def _assemble_pairs(blocks: dict, layout: Layout, fill_diag: bool = True):
+  arr = gram_lib.assemble(blocks, layout)
+  if fill_diag:
+    m = layout.n_models
+    eye = jnp.eye(m, dtype=bool).reshape((m, m) + (1,) * (arr.ndim - 2))
+    arr = jnp.where(eye, jnp.nan, arr)
+  return arr
+
+
+def _pad_last(x, n):
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])], constant_values=jnp.nan)
+
+
+def _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, with_procrustes, with_spectra):
+  keys = list(paths)
+  res = {"lambdas": lambdas}
+  res["ridge"] = {m: _assemble_pairs({k: paths[k]["path"][m] for k in keys}, layout) for m in PATH_METRICS}
+  ch = {"lambda_index": _assemble_pairs({k: idx[k].astype(lambdas.dtype) for k in keys}, layout)}
+  ch["lambda"] = jnp.where(jnp.isnan(ch["lambda_index"]), jnp.nan,
+                           lambdas[jnp.nan_to_num(ch["lambda_index"]).astype(jnp.int32)])
+  for m in PATH_METRICS:
+    ch[m] = _assemble_pairs({k: jnp.take_along_axis(paths[k]["path"][m], idx[k][..., None], -1)[..., 0]
+                             for k in keys}, layout)
+  names = ["bias_norm", "target_mean_norm", "bias_ratio"]
+  if with_spectra:
+    names += ["orth_dev", "orth_dev_min"]
+  if "mae" in chosen[keys[0]]:
+    names += list(ROW_METRICS)
+  for m in names:
+    ch[m] = _assemble_pairs({k: chosen[k][m] for k in keys}, layout)
+  res["chosen"] = ch
+  if with_spectra:
+    r = max(layout.dims)
+    res["spectra"] = _assemble_pairs({k: _pad_last(chosen[k]["spectrum"], r) for k in keys}, layout)
+  if with_procrustes:
+    for name in ("procrustes", "procrustes_scaled"):
+      res[name] = {m: _assemble_pairs({k: paths[k][name][m] for k in keys}, layout)
+                   for m in PATH_METRICS + ("scale",)}
+  res["controls"] = {name: {m: gram_lib.assemble_vec([c[name][m] for c in ctrl], layout)
+                            for m in ctrl[0][name]} for name in ("train_mean", "zero")}
+  res["stitches"] = [{"W": chosen[k]["W"], "b": chosen[k]["b"]} for k in keys]
+  return res
+
+
+def _rcond(layout, dtype, rcond, ks):
+  return tuple(float(rcond) if rcond is not None else default_rcond(k, dtype) for k in ks)
+
+
+# ----------------------------------------------------------------------------- single split
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
+                                             "procrustes", "spectra", "predictions"))
+def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions):
+  train, val = list(train), list(val)
+  ntr, nv = train[0].shape[0], val[0].shape[0]
+  if control_dim:
+    g = gram_lib.gaussian_control(ntr + nv, control_dim, seed, train[0].dtype)
+    train.append(g[:ntr])
+    val.append(g[ntr:])
+  zs_tr = gram_lib.stack_groups(train, layout)
+  zs_v = gram_lib.stack_groups(val, layout)
+  st, xc = stats_from_rows(zs_tr, zs_v)
+  eig, ks = [], []
+  for a, (d_a, _) in enumerate(layout.groups):
+    if ntr < d_a:
+      eig.append(source_eig_dual(xc[a], rcond if rcond is not None else default_rcond(ntr, train[0].dtype)))
+    else:
+      eig.append(source_eig(member_diag(st["c"][a, a])))
+    ks.append(eig[-1][0].shape[-1])
+  rc = _rcond(layout, train[0].dtype, rcond, ks)
+  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes)
+  idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
+  mask = jnp.ones(nv, train[0].dtype)
+  med = [jnp.median(z, axis=0) for z in zs_v] if predictions else None
+  rows = zs_v if predictions else None
+  chosen = _chosen(st, eig, paths, idx, rows, mask, med, layout, spectra)
+  ctrl = metrics.controls(st, tg, rows, mask, med, layout)
+  return _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, procrustes, spectra)
+
+
+def _prepare(xs_lists, names, lambdas, control_dim, dtype):
+  dtype = gram_lib.compute_dtype([x for xs in xs_lists for x in xs], dtype)
+  lambdas = np.asarray(lambdas, dtype=np.float64)
+  if lambdas.ndim != 1 or lambdas.size == 0 or np.any(~np.isfinite(lambdas)) or np.any(lambdas < 0):
+    raise ValueError(f"lambdas must be a non-empty 1-D array of finite values ≥ 0, got {lambdas}")
+  dims = [int(np.shape(x)[1]) for x in xs_lists[0]] + ([int(control_dim)] if control_dim else [])
+  return dtype, jnp.asarray(lambdas, dtype), gram_lib.make_layout(dims), dims
+
+
+def _meta(layout, dims, control_dim, dtype):
+  m = len(dims) - (1 if control_dim else 0)
+  srcs, tgts = [], []
+  for a, (_, ma) in enumerate(layout.groups):
+    for b, (_, mb) in enumerate(layout.groups):
+      srcs.append(np.asarray(ma))
+      tgts.append(np.asarray(mb))
+  return {"dims": list(dims), "n_models": m, "control_index": m if control_dim else None,
+          "dtype": str(np.dtype(dtype)), "stitch_sources": srcs, "stitch_targets": tgts}
+
+
+def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typing.ArrayLike],
+                  lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, control_dim: int | None = 768,
+                  seed: int = 0, rcond: float | None = None, dtype=None, procrustes: bool = True,
+                  spectra: bool = True, predictions: bool = True) -> dict:
+  """Ridge λ-path, OLS (λ = 0), Procrustes and controls for every ordered pair.
+
+  Args:
+    train, val: M arrays each, ``[N_train, d_i]`` / ``[N_val, d_i]``, rows aligned across
+      models.  May be device-resident and row-sharded (see ``gram.shard_rows``).
+    lambdas: λ-path (absolute, in units of the centred train Gram X̃ᵀX̃); 0 = min-norm OLS.
+    control_dim: width of the seeded Gaussian control model appended as model index M
+      (``None`` to skip).  It is stitched as a source (the random-source control) and as
+      a target like any other model.
+    rcond: relative eigenvalue cutoff for λ = 0 (default k·eps(dtype)).
+    dtype: float32 (default) or float64 (x64 on).
+    procrustes / spectra / predictions: turn off the Procrustes fits, the singular-value
+      spectra of W, or the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+
+  Returns a pytree (caller model order, M' = M + control):
+    lambdas [L]; ridge[metric] [M', M', L] (source, target, λ; NaN on the diagonal);
+    chosen[...] [M', M'] at the per-pair argmin-val-MSE λ (lambda, lambda_index, the path
+    metrics, mae, eav, cos, bias_norm, target_mean_norm, bias_ratio, orth_dev,
+    orth_dev_min); spectra [M', M', max d] (NaN padded); procrustes[_scaled][metric]
+    [M', M']; controls[train_mean|zero][metric] [M']; stitches: list over group pairs
+    of {W [m_a, m_b, d_a, d_b], b [m_a, m_b, d_b]}; meta (host-side layout info).
+  """
+  gram_lib.check_rows(train, "train", n_rows=int(np.shape(train[0])[0]))
+  dims = [int(np.shape(x)[1]) for x in train]
+  if len(val) != len(train):
+    raise ValueError(f"val has {len(val)} models, train has {len(train)}")
+  gram_lib.check_rows(val, "val", n_rows=int(np.shape(val[0])[0]), dims=dims)
+  dtype, lam, layout, alldims = _prepare([train, val], None, lambdas, control_dim, dtype)
+  out = _fit_impl(tuple(jnp.asarray(x, dtype) for x in train), tuple(jnp.asarray(x, dtype) for x in val),
+                  lam, layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
+                  procrustes=procrustes, spectra=spectra, predictions=predictions)
+  out["meta"] = _meta(layout, alldims, control_dim, dtype)
+  return out
+
+
+# ----------------------------------------------------------------------------- k-fold
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
+                                             "procrustes", "spectra", "predictions"))
+def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions):
+  xs = list(xs)
+  n = xs[0].shape[0]
+  dtype = xs[0].dtype
+  mask = mask.astype(dtype)
+  if control_dim:
+    xs.append(gram_lib.gaussian_control(n, control_dim, seed, dtype))
+  zs = gram_lib.stack_groups(xs, layout)
+  shift = [jnp.mean(z, axis=0) for z in zs]
+  st = metrics.fold_stats([z - s for z, s in zip(zs, shift)], idx, mask)
+  st["mu"] = [m + s[None] for m, s in zip(st["mu"], shift)]            # raw coordinates
+  ks = [d for d, _ in layout.groups]
+  rc = _rcond(layout, dtype, rcond, ks)
+  rows = [z[idx] for z in zs] if predictions else None                  # [K, n_f, m, d]
+
+  def path_one(stf):
+    eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
+    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes)
+    return eig, paths, tg
+
+  # lax.map, not vmap: folds run one after another (bounded memory; no batched LAPACK).
+  eig, paths, tg = jax.lax.map(path_one, st)
+  # λ per pair: argmin of the mean over folds of val MSE.
+  idx_l = _choose({k: jnp.mean(p["path"]["mse"], axis=0) for k, p in paths.items()})
+
+  def chosen_one(args):
+    stf, eigf, pathsf, tgf, rowsf, maskf = args
+    med = [metrics.masked_median(r, maskf) for r in rowsf] if rowsf is not None else None
+    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, med, layout, spectra)
+    ctrl = metrics.controls(stf, tgf, rowsf, maskf, med, layout)
+    return _collect(stf, pathsf, tgf, ch, ctrl, idx_l, lambdas, layout, procrustes, spectra)
+
+  folds = jax.lax.map(chosen_one, (st, eig, paths, tg, rows, mask))
+  folds.pop("stitches")
+  folds["lambdas"] = lambdas
+  stat = {k: v for k, v in folds.items() if k not in ("lambdas",)}
+  mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), stat)
+  std = jax.tree.map(lambda x: jnp.std(x, axis=0, ddof=1), stat)
+  return {"lambdas": lambdas, "folds": stat, "mean": mean, "std": std}
+
+
+def cross_validate_all_pairs(xs: Sequence[jax.typing.ArrayLike],
+                             lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, n_folds: int = 5,
+                             fold_seed: int = 0, control_dim: int | None = 768, seed: int = 0,
+                             rcond: float | None = None, dtype=None, procrustes: bool = True,
+                             spectra: bool = True, predictions: bool = True) -> dict:
+  """k-fold CV of every metric of :func:`fit_all_pairs`, from per-fold Grams.
+
+  One Gram per fold G_f (row pass over the data once); fold f trains on Σ_{g≠f} G_g and
+  validates on fold f (no refit from rows).  λ is chosen per pair by the mean over folds
+  of val MSE; row metrics are computed per fold at that λ.
+
+  Returns {lambdas, folds: tree with leading [K] axis, mean, std (ddof=1)}, each tree laid
+  out as in :func:`fit_all_pairs` (without stitches), plus meta.
+  """
+  n = int(np.shape(xs[0])[0])
+  gram_lib.check_rows(xs, "xs", n_rows=n)
+  dtype, lam, layout, alldims = _prepare([xs], None, lambdas, control_dim, dtype)
+  idx, mask = metrics.fold_indices(n, n_folds, fold_seed)
+  out = _cv_impl(tuple(jnp.asarray(x, dtype) for x in xs), jnp.asarray(idx), jnp.asarray(mask), lam,
+                 layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
+                 procrustes=procrustes, spectra=spectra, predictions=predictions)
+  out["meta"] = _meta(layout, alldims, control_dim, dtype)
+  out["meta"]["n_folds"] = n_folds
+  return out
+
+
+def control_name() -> str:
+  return CONTROL_NAME

@@ -1,0 +1,625 @@
+"""MLP stitches for every ordered pair of models, trained at once in one jitted step.
+
+A stitch maps model A's embedding x ∈ R^{d_A} to model B's space.  ``depth`` counts
+nonlinearities, so a stitch has ``depth + 1`` dense layers:
+
+    depth 0:  ŷ = x W + b                                  (affine map trained by GD)
+    depth k:  h₀ = x;  h_{l+1} = act(LN?(h_l W_l + b_l)) [+ h_l if residual and l ≥ 1]
+              ŷ = h_k W_k + b_k                            (l = 0 … k−1, k ≤ 6)
+
+Hidden width is max(d_A, d_B) unless ``StitchConfig.width`` is set.  The residual
+connection only joins hidden→hidden layers (the first and last layers change width).
+
+Objectives (per pair, on a minibatch of B rows; ``OBJECTIVES`` is the registry):
+    mse      mean_{n,j} (ŷ_nj − y_nj)²
+    cosine   mean_n 1 − cos(ŷ_n, y_n)
+    infonce  mean_n [logsumexp_m s_nm − s_nn],  s_nm = cos(ŷ_n, y_m) / τ
+             (in-batch negatives, ŷ→y direction; τ fixed or learned as log τ ≥ log 0.01)
+
+Layout: pairs are grouped by (d_in, d_out) (hence the same width); within a group every
+parameter carries a leading pair axis [P, …] and one single-pair step is ``jax.vmap``ped.
+All groups sit in one jitted function, so one call advances every pair.  (Padding every
+pair to the largest dims and masking, ``layout="pad"``, is also implemented and was
+measured slower: see benchmarks/bench_mlp.py.)
+Rows of models that share a dim are stacked once, ``[m_d, N, d]``, and a pair gathers
+its minibatch as ``stack[model, idx]``; no per-pair copy of the data exists.
+
+Randomness is stateless: pair (s, t) has key fold_in(fold_in(PRNGKey(seed), s), t), its
+init uses fold_in(key, 0) and step i's minibatch fold_in(fold_in(key, 1), i).  A pair
+therefore trains identically alone or with any set of other pairs, and a resumed run
+draws the same batches as an uninterrupted one.
+
+Early stopping is per pair and stays inside the jit: every ``eval_every`` steps the val
+loss is computed; a pair whose val loss has not improved for ``patience`` evaluations is
+marked inactive and its parameter and optimizer updates are masked (``jnp.where``) from
+then on.  ``best_params`` holds each pair's parameters at its best val loss.
+
+Everything here is pure: state is a pytree (see :func:`init_state`), the host loop is
+:func:`fit`; checkpointing lives in :mod:`lead_jax.stitch.mlp_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+MAX_DEPTH = 6
+MIN_LOG_TEMP = math.log(0.01)
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+def _registry(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for name, fn in items:
+    if name in out:
+      raise ValueError(f"duplicate registry name {name!r}")
+    out[name] = fn
+  return out
+
+
+ACTIVATIONS = _registry([("gelu", jax.nn.gelu), ("relu", jax.nn.relu)])
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class StitchConfig:
+  """Architecture and objective of one family of stitches (hashable: a jit static)."""
+
+  depth: int = 2                  # nonlinearities; depth + 1 dense layers
+  width: int | None = None        # hidden width; None → max(d_in, d_out)
+  activation: str = "gelu"
+  residual: bool = False
+  layer_norm: bool = False
+  objective: str = "mse"
+  temperature: float = 0.05       # InfoNCE τ (initial value when learned)
+  learn_temperature: bool = True
+  precision: str = "highest"      # matmul precision (TF32/bf16 defaults hurt small losses)
+
+  def __post_init__(self):
+    if not 0 <= self.depth <= MAX_DEPTH:
+      raise ValueError(f"depth must be in [0, {MAX_DEPTH}], got {self.depth}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation {self.activation!r} not in {sorted(ACTIVATIONS)}")
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective {self.objective!r} not in {sorted(OBJECTIVES)}")
+    if self.width is not None and self.width < 1:
+      raise ValueError(f"width must be ≥ 1, got {self.width}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+  @property
+  def method(self) -> str:
+    """Name used in the results table, e.g. ``mlp_d2_mse``."""
+    return f"mlp_d{self.depth}_{self.objective}"
+
+  def width_for(self, d_in: int, d_out: int) -> int:
+    return self.width if self.width is not None else max(d_in, d_out)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation: AdamW + warmup-cosine, minibatches, validation, early stopping."""
+
+  steps: int = 1000
+  batch_size: int = 256
+  lr: float = 1e-3
+  end_lr_ratio: float = 0.01      # final lr = lr · end_lr_ratio
+  warmup_steps: int = 50
+  weight_decay: float = 1e-4      # on weight matrices only
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 0.0          # global-norm clip per pair; 0 = off
+  eval_every: int = 100           # validation (and early-stopping check) period
+  patience: int = 0               # evaluations without improvement before a pair stops; 0 = never
+  min_delta: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    for f in ("steps", "batch_size", "eval_every"):
+      if getattr(self, f) < 1:
+        raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+    if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_steps >= self.steps):
+      raise ValueError(f"warmup_steps ({self.warmup_steps}) must be in [0, steps={self.steps})")
+
+  @property
+  def n_evals(self) -> int:
+    return -(-self.steps // self.eval_every)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Pairs sharing (d_in, d_out); indices into the plan's dim stacks and pair list."""
+
+  d_in: int
+  d_out: int
+  width: int
+  pairs: tuple[tuple[int, int], ...]      # (source, target) model indices
+  src_local: tuple[int, ...]              # row of the source in the d_in stack
+  tgt_local: tuple[int, ...]              # row of the target in the d_out stack
+  pair_index: tuple[int, ...]             # position of each pair in Plan.pairs
+  true_dims: tuple[tuple[int, int, int], ...] = ()   # per pair (d_in, d_out, width) before padding
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Static layout of an all-pairs run (hashable: a jit static)."""
+
+  dims: tuple[int, ...]
+  pairs: tuple[tuple[int, int], ...]
+  stacks: tuple[tuple[int, tuple[int, ...]], ...]     # (padded dim, member model indices)
+  groups: tuple[Group, ...]
+  layout: str = "group"
+
+  def stack_of(self, d: int) -> int:
+    return [s for s, (dd, _) in enumerate(self.stacks) if dd == d][0]
+
+
+LAYOUTS = ("group", "pad")
+
+
+def make_plan(dims: Sequence[int], cfg: StitchConfig,
+              pairs: Sequence[tuple[int, int]] | None = None, layout: str = "group") -> Plan:
+  """Lays out the ordered pairs (default: all s ≠ t) for :func:`train_chunk`.
+
+  layout "group": pairs sharing (d_in, d_out) form one vmapped group (no wasted FLOPs,
+  one set of kernels per distinct shape).  layout "pad": every model is zero-padded to
+  the largest dim and every pair to the largest hidden width, one group; padded weights
+  start at zero and get exactly zero gradients (zero inputs, zero outgoing weights),
+  LayerNorm statistics and the MSE mean use the true widths, so a padded pair trains as
+  it would unpadded.  Fewer, larger kernels: faster when per-kernel overhead dominates
+  (small dims), slower when FLOPs do (see benchmarks/bench_mlp.py).
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+  dims = tuple(int(d) for d in dims)
+  m = len(dims)
+  if pairs is None:
+    pairs = [(s, t) for s in range(m) for t in range(m) if s != t]
+  pairs = tuple((int(s), int(t)) for s, t in pairs)
+  for s, t in pairs:
+    if not (0 <= s < m and 0 <= t < m):
+      raise ValueError(f"pair ({s}, {t}) out of range for {m} models")
+  if len(set(pairs)) != len(pairs):
+    raise ValueError(f"duplicate pairs in {pairs}")
+  used = sorted({i for p in pairs for i in p})
+  pdims = list(dims) if layout == "group" else [max(dims[i] for i in used)] * m
+  stacks = []
+  for d in sorted({pdims[i] for i in used}):
+    stacks.append((d, tuple(i for i in used if pdims[i] == d)))
+  local = {i: members.index(i) for _, members in stacks for i in members}
+  keyed: dict[tuple[int, int], list[int]] = {}
+  for k, (s, t) in enumerate(pairs):
+    keyed.setdefault((pdims[s], pdims[t]), []).append(k)
+  groups = []
+  for (di, do), ks in sorted(keyed.items()):
+    true = tuple((dims[pairs[k][0]], dims[pairs[k][1]], cfg.width_for(dims[pairs[k][0]], dims[pairs[k][1]]))
+                 for k in ks)
+    width = max(w for _, _, w in true)
+    groups.append(Group(di, do, width, tuple(pairs[k] for k in ks),
+                        tuple(local[pairs[k][0]] for k in ks), tuple(local[pairs[k][1]] for k in ks),
+                        tuple(ks), true))
+  return Plan(dims, pairs, tuple(stacks), tuple(groups), layout)
+
+
+def stack_data(xs: Sequence[jax.typing.ArrayLike], plan: Plan, dtype=jnp.float32) -> tuple[jax.Array, ...]:
+  """Caller-order list of [N, d_i] → one ``[m_d, N, d]`` stack per distinct dim."""
+  n = {int(np.shape(x)[0]) for x in xs}
+  if len(n) != 1:
+    raise ValueError(f"rows must be aligned across models, got row counts {sorted(n)}")
+  for i, x in enumerate(xs):
+    if np.ndim(x) != 2 or np.shape(x)[1] != plan.dims[i]:
+      raise ValueError(f"xs[{i}]: expected [rows, {plan.dims[i]}], got shape {np.shape(x)}")
+  pad = lambda x, d: jnp.pad(jnp.asarray(x, dtype), ((0, 0), (0, d - np.shape(x)[1])))
+  return tuple(jnp.stack([pad(xs[i], d) for i in members]) for d, members in plan.stacks)
+
+
+# ----------------------------------------------------------------------------- one pair
+
+
+def _dot(a, b, cfg: StitchConfig):
+  prec = {"highest": jax.lax.Precision.HIGHEST, "default": None}[cfg.precision]
+  return jnp.matmul(a, b, precision=prec)
+
+
+def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig,
+              padded: tuple[int, int, int] | None = None) -> dict:
+  """Parameters of one stitch: LeCun-normal weights (variance 1/fan_in), zero biases.
+
+  ``padded`` = (D_in, D_out, W) embeds the true-shape parameters in zeros of the padded
+  shape (LayerNorm scales too, so padded hidden units stay exactly 0).
+  """
+  w = cfg.width_for(d_in, d_out)
+  sizes = [d_in] + [w] * cfg.depth + [d_out]
+  psizes = sizes if padded is None else [padded[0]] + [padded[2]] * cfg.depth + [padded[1]]
+  zpad = lambda a, shape: jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
+  keys = jax.random.split(key, len(sizes) - 1)
+  dense = tuple({"w": zpad(jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a), (pa, pb)),
+                 "b": jnp.zeros((pb,), jnp.float32)}
+                for k, a, b, pa, pb in zip(keys, sizes[:-1], sizes[1:], psizes[:-1], psizes[1:]))
+  p: dict[str, Any] = {"dense": dense}
+  if cfg.layer_norm and cfg.depth:
+    p["ln"] = tuple({"scale": zpad(jnp.ones((w,), jnp.float32), (psizes[1],)),
+                     "bias": jnp.zeros((psizes[1],), jnp.float32)} for _ in range(cfg.depth))
+  if cfg.objective == "infonce" and cfg.learn_temperature:
+    p["log_temp"] = jnp.asarray(math.log(cfg.temperature), jnp.float32)
+  return p
+
+
+def unpad_params(params: dict, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
+  """One pair's parameters cut back to their true shapes (inverse of init's padding)."""
+  w = cfg.width_for(d_in, d_out)
+  sizes = [d_in] + [w] * cfg.depth + [d_out]
+  out = {"dense": tuple({"w": np.asarray(l["w"])[:a, :b], "b": np.asarray(l["b"])[:b]}
+                        for l, a, b in zip(params["dense"], sizes[:-1], sizes[1:]))}
+  if "ln" in params:
+    out["ln"] = tuple({k: np.asarray(v)[:w] for k, v in l.items()} for l in params["ln"])
+  if "log_temp" in params:
+    out["log_temp"] = np.asarray(params["log_temp"])
+  return out
+
+
+def _layer_norm(h, ln, width, eps=1e-6):
+  """LayerNorm over the first ``width`` units (the rest are padding, kept at 0)."""
+  if width is None:
+    mu = jnp.mean(h, -1, keepdims=True)
+    var = jnp.mean(jnp.square(h - mu), -1, keepdims=True)
+    return (h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]
+  mask = (jnp.arange(h.shape[-1]) < width).astype(h.dtype)
+  mu = jnp.sum(h * mask, -1, keepdims=True) / width
+  var = jnp.sum(jnp.square(h - mu) * mask, -1, keepdims=True) / width
+  return ((h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]) * mask
+
+
+def apply_pair(params: dict, x_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None) -> jax.Array:
+  """ŷ [n, d_out] from x [n, d_in] for one stitch.
+
+  ``dims`` ({"d_out", "width"} scalars) is given for padded pairs (layout "pad").
+  """
+  act = ACTIVATIONS[cfg.activation]
+  h = x_nd
+  dense = params["dense"]
+  for l in range(cfg.depth):
+    z = _dot(h, dense[l]["w"], cfg) + dense[l]["b"]
+    if "ln" in params:
+      z = _layer_norm(z, params["ln"][l], None if dims is None else dims["width"])
+    z = act(z)
+    h = h + z if (cfg.residual and l >= 1) else z
+  return _dot(h, dense[-1]["w"], cfg) + dense[-1]["b"]
+
+
+def _normalize(v, eps=1e-12):
+  return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), eps))
+
+
+def _mse(params, yhat, y, cfg, dims=None):
+  if dims is None:
+    return jnp.mean(jnp.square(yhat - y))
+  return jnp.sum(jnp.square(yhat - y)) / (yhat.shape[0] * dims["d_out"])  # padded dims are 0 − 0
+
+
+def _cosine(params, yhat, y, cfg, dims=None):
+  return jnp.mean(1.0 - jnp.sum(_normalize(yhat) * _normalize(y), -1))
+
+
+def temperature(params: dict, cfg: StitchConfig) -> jax.Array:
+  if "log_temp" in params:
+    return jnp.exp(jnp.maximum(params["log_temp"], MIN_LOG_TEMP))
+  return jnp.asarray(cfg.temperature, jnp.float32)
+
+
+def _infonce(params, yhat, y, cfg, dims=None):
+  logits = _dot(_normalize(yhat), _normalize(y).T, cfg) / temperature(params, cfg)
+  return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
+
+
+OBJECTIVES = _registry([("mse", _mse), ("cosine", _cosine), ("infonce", _infonce)])
+
+
+def pair_loss(params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig,
+              dims: dict | None = None) -> jax.Array:
+  return OBJECTIVES[cfg.objective](params, apply_pair(params, x_nd, cfg, dims), y_nd, cfg, dims)
+
+
+def pair_val_loss(params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig, block: int,
+                  dims: dict | None = None) -> jax.Array:
+  """Objective on val rows; InfoNCE in blocks of ``block`` rows (its train-time negatives)."""
+  if cfg.objective != "infonce":
+    return pair_loss(params, x_nd, y_nd, cfg, dims)
+  n = x_nd.shape[0]
+  b = min(block, n)
+  k = n // b
+  xb = x_nd[:k * b].reshape(k, b, -1)
+  yb = y_nd[:k * b].reshape(k, b, -1)
+  return jnp.mean(jax.lax.map(lambda xy: pair_loss(params, xy[0], xy[1], cfg, dims), (xb, yb)))
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+  sched = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if tcfg.warmup_steps else tcfg.lr, peak_value=tcfg.lr,
+      warmup_steps=tcfg.warmup_steps, decay_steps=tcfg.steps, end_value=tcfg.lr * tcfg.end_lr_ratio)
+  decay_mask = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "w", p)
+  adamw = optax.adamw(sched, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
+                      mask=decay_mask)
+  if tcfg.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(tcfg.grad_clip), adamw)
+  return adamw
+
+
+def pair_key(seed: int, s: int, t: int) -> jax.Array:
+  """Raw uint32 [2] key of pair (s, t)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), s), t)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
+  """Row indices [B] of pair ``key``'s minibatch at ``step`` (with replacement)."""
+  k = jax.random.fold_in(jax.random.fold_in(key, 1), step)
+  return jax.random.randint(k, (batch_size,), 0, n_rows)
+
+
+def pair_update(params, opt_state, active, x_bd, y_bd, dims=None, *, cfg: StitchConfig, tcfg: TrainConfig):
+  """One AdamW step of one pair on the minibatch (x, y); a no-op (masked) when not active.
+
+  Returns (params, opt_state, minibatch loss before the update).
+  """
+  loss, grads = jax.value_and_grad(pair_loss)(params, x_bd, y_bd, cfg, dims)
+  updates, new_opt = make_optimizer(tcfg).update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jnp.where(active, new, old)
+  return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), loss
+
+
+def pair_step(params, opt_state, active, key, step, xs_mnd, ys_mnd, src, tgt, dims=None, *,
+              cfg: StitchConfig, tcfg: TrainConfig):
+  """The single-pair step: draw the minibatch of ``step``, then :func:`pair_update`.
+
+  xs_mnd / ys_mnd are the dim stacks holding the source / target rows; src / tgt index
+  them.  The all-pairs chunk computes exactly this, with the minibatch indices of all
+  its steps drawn up front (threefry outside the step loop).
+  """
+  idx = batch_indices(key, step, xs_mnd.shape[1], tcfg.batch_size)
+  return pair_update(params, opt_state, active, xs_mnd[src, idx], ys_mnd[tgt, idx], dims, cfg=cfg, tcfg=tcfg)
+
+
+# ----------------------------------------------------------------------------- all pairs
+
+
+def _group_init(g: Group, seed: int, cfg: StitchConfig, tcfg: TrainConfig, n_evals: int) -> dict:
+  keys = jnp.stack([pair_key(seed, s, t) for s, t in g.pairs])
+  params = jax.tree.map(lambda *a: jnp.stack(a), *[
+      init_pair(jax.random.fold_in(k, 0), di, do, cfg, (g.d_in, g.d_out, g.width))
+      for k, (di, do, _) in zip(keys, g.true_dims)])
+  opt = jax.vmap(make_optimizer(tcfg).init)(params)
+  p = len(g.pairs)
+  nan = jnp.full((p, n_evals), jnp.nan, jnp.float32)
+  return {
+      "params": params, "opt": opt, "best_params": params, "keys": keys,
+      "best": {"val": jnp.full((p,), jnp.inf, jnp.float32), "step": jnp.zeros((p,), jnp.int32),
+               "bad": jnp.zeros((p,), jnp.int32), "active": jnp.ones((p,), bool),
+               "stopped_at": jnp.full((p,), -1, jnp.int32)},
+      "history": {"train": nan, "val": nan},
+  }
+
+
+def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  """{"step": int32 [], "groups": tuple over plan.groups of per-group state}.
+
+  Per group (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the
+  RNG), best {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals]
+  (mean minibatch loss over each eval window, and val loss at its end; NaN = not yet).
+  """
+  return _init_state(plan=plan, cfg=cfg, tcfg=tcfg)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg"))
+def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  return {"step": jnp.zeros((), jnp.int32),
+          "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups)}
+
+
+def group_dims(plan: Plan, g: Group) -> dict | None:
+  """Per-pair true widths [P] for padded layouts; None when nothing is padded."""
+  if plan.layout == "group":
+    return None
+  return {"d_out": jnp.asarray([d for _, d, _ in g.true_dims], jnp.float32),
+          "width": jnp.asarray([w for _, _, w in g.true_dims], jnp.float32)}
+
+
+def _group_arrays(plan: Plan, g: Group, data):
+  return (data[plan.stack_of(g.d_in)], data[plan.stack_of(g.d_out)],
+          jnp.asarray(g.src_local, jnp.int32), jnp.asarray(g.tgt_local, jnp.int32))
+
+
+def all_pairs_step(state: dict, train: Sequence[jax.Array], idx: tuple[jax.Array, ...], *, plan: Plan,
+                   cfg: StitchConfig, tcfg: TrainConfig) -> tuple[dict, tuple[jax.Array, ...]]:
+  """One optimisation step of every pair (vmapped per group) on minibatch rows idx [P, B].
+
+  Returns the new state and per-group minibatch losses [P].
+  """
+  upd = jax.vmap(functools.partial(pair_update, cfg=cfg, tcfg=tcfg))
+  groups, losses = [], []
+  for g, gs, ix in zip(plan.groups, state["groups"], idx):
+    xs, ys, src, tgt = _group_arrays(plan, g, train)
+    x = xs[src[:, None], ix]                                          # [P, B, d_in]
+    y = ys[tgt[:, None], ix]                                          # [P, B, d_out]
+    params, opt, loss = upd(gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g))
+    groups.append({**gs, "params": params, "opt": opt})
+    losses.append(loss)
+  return {"step": state["step"] + 1, "groups": tuple(groups)}, tuple(losses)
+
+
+def val_losses(params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: StitchConfig,
+               tcfg: TrainConfig) -> tuple[jax.Array, ...]:
+  out = []
+  for g, params in zip(plan.groups, params_groups):
+    xs, ys, src, tgt = _group_arrays(plan, g, val)
+    f = lambda p, s, t, d: pair_val_loss(p, xs[s], ys[t], cfg, tcfg.batch_size, d)
+    out.append(jax.vmap(f)(params, src, tgt, group_dims(plan, g)))
+  return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg"), donate_argnums=(0,))
+def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], *, n_steps: int,
+                plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  """``n_steps`` steps of every pair, then validation, early stopping and history."""
+  zero = tuple(jnp.zeros((len(g.pairs),), jnp.float32) for g in plan.groups)
+  # The loop carries only what changes per step (params, opt state); the rest of the
+  # state (best params, history, keys, masks) stays out of the while-loop carry.
+  inv = {"step": state["step"], "groups": tuple({k: v for k, v in gs.items() if k not in ("params", "opt")}
+                                               for gs in state["groups"])}
+
+  n_rows = train[0].shape[1]
+  steps = state["step"] + jnp.arange(n_steps, dtype=jnp.int32)
+  draw = jax.vmap(jax.vmap(lambda k, t: batch_indices(k, t, n_rows, tcfg.batch_size), (None, 0)), (0, None))
+  idx_all = tuple(draw(gs["keys"], steps) for gs in state["groups"])   # [P, T, B] per group
+
+  def body(i, carry):
+    po, acc = carry
+    st = {"step": state["step"] + i, "groups": tuple({**gi, "params": p, "opt": o}
+                                                     for gi, (p, o) in zip(inv["groups"], po))}
+    idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
+    st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg)
+    return tuple((gs["params"], gs["opt"]) for gs in st["groups"]), tuple(a + l for a, l in zip(acc, losses))
+
+  po0 = tuple((gs["params"], gs["opt"]) for gs in state["groups"])
+  po, acc = jax.lax.fori_loop(0, n_steps, body, (po0, zero))
+  state = {"step": state["step"] + n_steps,
+           "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po))}
+  step = state["step"]
+  e = (step - 1) // tcfg.eval_every
+  vals = val_losses(tuple(gs["params"] for gs in state["groups"]), val, plan=plan, cfg=cfg, tcfg=tcfg)
+  groups = []
+  for gs, a, v in zip(state["groups"], acc, vals):
+    b = gs["best"]
+    improved = (v < b["val"] - tcfg.min_delta) & b["active"]
+    sel = lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    bad = jnp.where(improved, 0, b["bad"] + 1)
+    stop = b["active"] & (tcfg.patience > 0) & (bad >= tcfg.patience)
+    best = {"val": jnp.where(improved, v, b["val"]), "step": jnp.where(improved, step, b["step"]),
+            "bad": bad, "active": b["active"] & ~stop,
+            "stopped_at": jnp.where(stop, step, b["stopped_at"])}
+    hist = {"train": gs["history"]["train"].at[:, e].set(a / n_steps), "val": gs["history"]["val"].at[:, e].set(v)}
+    groups.append({**gs, "best_params": jax.tree.map(sel, gs["params"], gs["best_params"]),
+                   "best": best, "history": hist})
+  return {"step": step, "groups": tuple(groups)}
+
+
+def fit(plan: Plan, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], cfg: StitchConfig,
+        tcfg: TrainConfig, state: dict | None = None,
+        on_eval: Callable[[dict], None] | None = None) -> dict:
+  """Host loop: chunks of ``eval_every`` steps until ``tcfg.steps``; resumes from ``state``.
+
+  ``train`` / ``val`` come from :func:`stack_data`.  ``on_eval(state)`` runs after each
+  chunk (checkpointing hooks in here).  The input state is donated.
+  """
+  if state is None:
+    state = init_state(plan, cfg, tcfg)
+  step = int(state["step"])
+  while step < tcfg.steps:
+    n = min(tcfg.eval_every - step % tcfg.eval_every, tcfg.steps - step)
+    state = train_chunk(state, train, val, n_steps=n, plan=plan, cfg=cfg, tcfg=tcfg)
+    step += n
+    if on_eval is not None:
+      on_eval(state)
+  return state
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def per_pair(state: dict, plan: Plan, key: str) -> list:
+  """A per-group field (e.g. "best_params", ("best", "val")) → list in plan.pairs order."""
+  keys = (key,) if isinstance(key, str) else tuple(key)
+  out: list = [None] * len(plan.pairs)
+  for g, gs in zip(plan.groups, state["groups"]):
+    tree = gs
+    for k in keys:
+      tree = tree[k]
+    for i, k in enumerate(g.pair_index):
+      out[k] = jax.tree.map(lambda a: np.asarray(a[i]), tree)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "cfg"))
+def predict_val(params_groups, val, *, plan: Plan, cfg: StitchConfig):
+  """Per group: (ŷ [P, n, d_out], y [P, n, d_out]) on the val rows."""
+  out = []
+  for g, params in zip(plan.groups, params_groups):
+    xs, ys, src, tgt = _group_arrays(plan, g, val)
+    f = lambda p, s, t, d: (apply_pair(p, xs[s], cfg, d), ys[t])
+    out.append(jax.vmap(f)(params, src, tgt, group_dims(plan, g)))
+  return tuple(out)
+
+
+def evaluate(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchConfig,
+             which: str = "best_params") -> list[dict[str, float]]:
+  """Shared regression metrics (:func:`lead_jax.eval.metrics.regression_metrics`) per pair."""
+  from lead_jax.eval import metrics
+
+  preds = predict_val(tuple(gs[which] for gs in state["groups"]), val, plan=plan, cfg=cfg)
+  out: list = [None] * len(plan.pairs)
+  reg = jax.jit(metrics.regression_metrics)
+  for g, (yhat, y) in zip(plan.groups, preds):
+    for i, (k, (_, d_out, _)) in enumerate(zip(g.pair_index, g.true_dims)):
+      m = reg(y[i, :, :d_out], yhat[i, :, :d_out])
+      out[k] = {name: float(v) for name, v in m.items()}
+  return out
+
+
+def results_to_table(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchConfig,
+                     names: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
+  """Rows in the shared schema (``metrics.TABLE_COLUMNS``), method ``mlp_d{depth}_{objective}``.
+
+  Metrics are those of the closed-form rows, at each pair's best (early-stopping) params,
+  plus ``val_loss`` (the objective) and ``best_step``.
+  """
+  from lead_jax.eval import metrics
+
+  mets = evaluate(state, plan, val, cfg)
+  best_val = per_pair(state, plan, ("best", "val"))
+  best_step = per_pair(state, plan, ("best", "step"))
+  rows = []
+  for k, (s, t) in enumerate(plan.pairs):
+    vals = {**mets[k], "val_loss": float(best_val[k]), "best_step": float(best_step[k])}
+    for metric, v in vals.items():
+      rows.append({"source": names[s], "target": names[t], "source_dim": plan.dims[s],
+                   "target_dim": plan.dims[t], "method": cfg.method, "lam": np.nan, "fold": "val",
+                   "metric": metric, "value": v, "chosen": True})
+  df = pd.DataFrame(rows, columns=list(metrics.TABLE_COLUMNS))
+  if dataset is not None:
+    df.insert(0, "dataset", dataset)
+  return df
+
+
+def curves_to_table(state: dict, plan: Plan, tcfg: TrainConfig, names: Sequence[str]) -> pd.DataFrame:
+  """Long table of the loss curves: source, target, step, split (train/val), loss."""
+  train = per_pair(state, plan, ("history", "train"))
+  val = per_pair(state, plan, ("history", "val"))
+  steps = np.minimum((np.arange(tcfg.n_evals) + 1) * tcfg.eval_every, tcfg.steps)
+  frames = []
+  for k, (s, t) in enumerate(plan.pairs):
+    for split, arr in (("train", train[k]), ("val", val[k])):
+      frames.append(pd.DataFrame({"source": names[s], "target": names[t], "step": steps,
+                                  "split": split, "loss": np.asarray(arr, np.float64)}))
+  return pd.concat(frames, ignore_index=True)
+
+
+def config_dict(cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  return {"stitch": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg)}

@@ -1,0 +1,175 @@
+"""Closed-form stitches against plain per-pair float64 numpy references."""
+
+import jax
+import numpy as np
+import pytest
+
+from lead_jax.stitch import closed_form as cf
+from lead_jax.stitch import io as stitch_io
+
+LAMS = np.array([0.0, 1e-3, 1e-1, 10.0])
+
+
+def _data(dims, n, seed=0, noise=0.3):
+  rng = np.random.default_rng(seed)
+  lat = rng.normal(size=(n, 5))
+  return [lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d) for d in dims]
+
+
+def ref_ridge(x, y, lam):
+  """[X, 1] normal equations with an unpenalised intercept (or lstsq at λ = 0)."""
+  n = len(x)
+  xa = np.c_[x, np.ones(n)]
+  if lam == 0:
+    wb = np.linalg.lstsq(xa, y, rcond=None)[0]
+  else:
+    pen = np.eye(xa.shape[1]) * lam
+    pen[-1, -1] = 0
+    wb = np.linalg.solve(xa.T @ xa + pen, xa.T @ y)
+  return wb[:-1], wb[-1]
+
+
+def ref_metrics(y, p):
+  r = y - p
+  sse = (r ** 2).sum(0)
+  sst = ((y - y.mean(0)) ** 2).sum(0)
+  return {"mse": (r ** 2).mean(), "r2": np.mean(1 - sse / sst), "r2_vw": 1 - sse.sum() / sst.sum(),
+          "mae": np.abs(r).mean(), "eav": 1 - np.abs(r).sum() / np.abs(y - np.median(y, 0)).sum(),
+          "cos": np.mean((p * y).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(y, axis=1))}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  dims = [6, 6, 9, 4]
+  xs = _data(dims, 260)
+  tr, va = [x[:200] for x in xs], [x[200:] for x in xs]
+  with jax.enable_x64(True):
+    out = cf.fit_all_pairs(tr, va, LAMS, control_dim=5, dtype=np.float64)
+    out = jax.tree.map(np.asarray, out)
+  return tr, va, out
+
+
+def test_ridge_path_matches_numpy(fitted):
+  tr, va, out = fitted
+  for i in range(4):
+    for j in range(4):
+      if i == j:
+        continue
+      for l, lam in enumerate(LAMS):
+        w, b = ref_ridge(tr[i], tr[j], lam)
+        ref = ref_metrics(va[j], va[i] @ w + b)
+        for m in ("mse", "r2", "r2_vw"):
+          np.testing.assert_allclose(out["ridge"][m][i, j, l], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j} λ={lam}")
+      l = int(out["chosen"]["lambda_index"][i, j])
+      assert l == int(np.argmin(out["ridge"]["mse"][i, j]))
+      w, b = ref_ridge(tr[i], tr[j], LAMS[l])
+      ref = ref_metrics(va[j], va[i] @ w + b)
+      for m in ("mae", "eav", "cos"):
+        np.testing.assert_allclose(out["chosen"][m][i, j], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j}")
+  assert np.all(np.isnan(np.diagonal(out["ridge"]["mse"], axis1=0, axis2=1)))
+
+
+def test_stitches_and_w_diagnostics(fitted):
+  tr, va, out = fitted
+  tree, info = stitch_io.chosen_stitches(out)
+  assert len(tree) == 5 * 4
+  for rec in info:
+    i, j = rec["source_index"], rec["target_index"]
+    if max(i, j) >= 4:
+      continue
+    w_ref, b_ref = ref_ridge(tr[i], tr[j], rec["lam"])
+    np.testing.assert_allclose(tree[rec["key"]]["W"], w_ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(tree[rec["key"]]["b"], b_ref, rtol=1e-7, atol=1e-9)
+    sv = np.linalg.svd(w_ref, compute_uv=False)
+    np.testing.assert_allclose(out["spectra"][i, j, :len(sv)], sv, rtol=1e-6, atol=1e-9)
+    d_b = w_ref.shape[1]
+    orth = np.linalg.norm(w_ref.T @ w_ref - np.eye(d_b)) / np.sqrt(d_b)
+    np.testing.assert_allclose(out["chosen"]["orth_dev"][i, j], orth, rtol=1e-7)
+    np.testing.assert_allclose(out["chosen"]["bias_norm"][i, j], np.linalg.norm(b_ref), rtol=1e-7)
+    np.testing.assert_allclose(out["chosen"]["target_mean_norm"][i, j], np.linalg.norm(tr[j].mean(0)), rtol=1e-10)
+
+
+def test_lambda0_is_min_norm_lstsq_when_rank_deficient():
+  """N < d: the dual path; λ = 0 must be the minimum-norm least-squares W."""
+  xs = _data([30, 4], 20, seed=3)
+  tr, va = [x[:12] for x in xs], [x[12:] for x in xs]
+  with jax.enable_x64(True):
+    out = cf.fit_all_pairs(tr, va, np.array([0.0, 1.0]), control_dim=None, dtype=np.float64, procrustes=False)
+  xc, yc = tr[0] - tr[0].mean(0), tr[1] - tr[1].mean(0)
+  for l, lam in enumerate([0.0, 1.0]):
+    w = np.linalg.lstsq(xc, yc, rcond=None)[0] if lam == 0 else np.linalg.solve(xc.T @ xc + lam * np.eye(30), xc.T @ yc)
+    b = tr[1].mean(0) - tr[0].mean(0) @ w
+    ref = ref_metrics(va[1], va[0] @ w + b)
+    np.testing.assert_allclose(np.asarray(out["ridge"]["mse"])[0, 1, l], ref["mse"], rtol=1e-7)
+
+
+def test_float32_within_1e3(fitted):
+  tr, va, out64 = fitted
+  out32 = cf.fit_all_pairs([x.astype(np.float32) for x in tr], [x.astype(np.float32) for x in va],
+                           LAMS, control_dim=5)
+  for m in ("mse", "r2_vw"):
+    a, b = np.asarray(out32["ridge"][m])[:4, :4, 1:], out64["ridge"][m][:4, :4, 1:]
+    off = ~np.isnan(b)
+    np.testing.assert_allclose(a[off], b[off], rtol=1e-3)
+
+
+def test_procrustes_recovers_planted_rotation():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(300, 8)) * np.linspace(1, 3, 8)
+  q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+  q_pad = np.linalg.qr(rng.normal(size=(12, 8)))[0].T            # [8, 12], orthonormal rows
+  ys = [x @ q + 0.01 * rng.normal(size=(300, 8)), x @ q_pad]
+  with jax.enable_x64(True):
+    out = cf.fit_all_pairs([x[:250]] + [y[:250] for y in ys], [x[250:]] + [y[250:] for y in ys],
+                           LAMS, control_dim=None, dtype=np.float64)
+    r, _ = cf.polar(jax.numpy.asarray((x - x.mean(0)).T @ (ys[0] - ys[0].mean(0))))
+    r_pad, _ = jax.jit(cf.polar)(jax.numpy.asarray((x - x.mean(0)).T @ (ys[1] - ys[1].mean(0))))
+  np.testing.assert_allclose(np.asarray(r), q, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(r_pad), q_pad, atol=1e-9)
+  assert out["procrustes"]["r2_vw"][0, 1] > 0.999
+  assert out["procrustes"]["r2_vw"][0, 2] > 1 - 1e-6
+
+
+def test_procrustes_metrics_match_numpy(fitted):
+  tr, va, out = fitted
+  for i, j in [(0, 2), (2, 3), (3, 1)]:
+    xc, yc = tr[i] - tr[i].mean(0), tr[j] - tr[j].mean(0)
+    u, s, vt = np.linalg.svd(xc.T @ yc, full_matrices=False)
+    r = u @ vt
+    for name, sc in (("procrustes", 1.0), ("procrustes_scaled", s.sum() / np.trace(xc.T @ xc))):
+      ref = ref_metrics(va[j], (va[i] - tr[i].mean(0)) @ r * sc + tr[j].mean(0))
+      for m in ("mse", "r2", "r2_vw"):
+        np.testing.assert_allclose(out[name][m][i, j], ref[m], rtol=1e-8)
+
+
+def test_no_retrace_on_same_shapes():
+  xs = _data([4, 5], 40, seed=5)
+  tr, va = [x[:30].astype(np.float32) for x in xs], [x[30:].astype(np.float32) for x in xs]
+  cf.fit_all_pairs(tr, va, LAMS, control_dim=3)
+  before = cf._fit_impl._cache_size()
+  cf.fit_all_pairs([x + 1 for x in tr], [x + 1 for x in va], LAMS * 2, control_dim=3)
+  assert cf._fit_impl._cache_size() == before
+
+
+def test_bad_input_names_array_and_row():
+  xs = _data([4, 5], 40, seed=5)
+  tr, va = [x[:30] for x in xs], [x[30:] for x in xs]
+  tr[1] = tr[1].copy()
+  tr[1][7, 2] = np.nan
+  with pytest.raises(ValueError, match=r"train\[1\].*row 7"):
+    cf.fit_all_pairs(tr, va, LAMS)
+  with pytest.raises(ValueError, match=r"val\[1\]: 10 rows"):
+    cf.fit_all_pairs([x[:30] for x in xs], [xs[0][30:35], xs[1][30:]], LAMS)
+  with pytest.raises(ValueError, match="lambdas"):
+    cf.fit_all_pairs([x[:30] for x in xs], [x[30:] for x in xs], [-1.0])
+
+
+def test_save_and_restore_stitches(fitted, tmp_path):
+  _, _, out = fitted
+  tree, _ = stitch_io.chosen_stitches(out)
+  assert not (tmp_path / "stitches").exists()
+  stitch_io.save_stitches(out, tmp_path, names=["a", "b", "c", "d"])
+  back, info = stitch_io.load_stitches(tmp_path)
+  assert info[0]["source"] in "abcd" or info[0]["source"] == "gaussian_control"
+  for k in tree:
+    np.testing.assert_array_equal(back[k]["W"], tree[k]["W"])
