@@ -96,8 +96,9 @@ class Report:
         if self.cf is not None:
             val = self.cf[self.cf.fold == "val"]
             self.val = val
-            self.models = sorted(set(val[val.method == "ridge"].target) - {"gaussian_control"},
-                                 key=list(val.target.unique()).index)
+            run_json = r / "closed_form" / "run.json"
+            order = json.loads(run_json.read_text())["models"] if run_json.exists() else list(val.target.unique())
+            self.models = [m for m in order if m in set(val[val.method == "ridge"].target) - {"gaussian_control"}]
             ridge = val[(val.method == "ridge") & val.chosen.astype(bool)]
             self.ridge = ridge
         return self
@@ -129,7 +130,7 @@ class Report:
         val, ridge, models = self.val, self.ridge, self.models
         srcs = models + ["gaussian_control"]
         rows = srcs + ["train_mean", "zero"]
-        ctrl = val[val.method.isin(["train_mean", "zero"])]
+        ctrl = val[val.method.isin(["train_mean", "zero"]) & val.target.isin(models)]
 
         def grid(metric):
             g = _pivot(ridge[ridge.metric == metric], srcs, models)
@@ -141,14 +142,14 @@ class Report:
         _heatmap(axs[0], lmse.values, rows, models, "log10 val MSE (ridge, chosen λ) + controls", cmap="magma_r")
         _heatmap(axs[1], r2.values, rows, models, "val R² (variance-weighted) + controls", vmin=-0.2, vmax=1)
         img = self.fig("stitch_quality.png", f)
-        pair = ridge[(ridge.metric == R2) & ridge.source.isin(models)]
+        pair = ridge[(ridge.metric == R2) & ridge.source.isin(models) & ridge.target.isin(models)]
         mean_r2 = pair.value.mean()
         tm = ctrl[(ctrl.method == "train_mean") & (ctrl.metric == R2)].value.mean()
         zr = ctrl[(ctrl.method == "zero") & (ctrl.metric == R2)].value.mean()
         gs = ridge[(ridge.metric == R2) & (ridge.source == "gaussian_control")].value.mean()
         ret_txt = ""
         if self.stitched is not None:
-            st = self.stitched[(self.stitched.method == "ridge") & self.stitched.source.isin(models)]
+            st = self.stitched[(self.stitched.method == "ridge") & self.stitched.source.isin(models) & self.stitched.target.isin(models)]
             if len(st):
                 ret_txt = (f" In retrieval, ridge-stitched corpora keep {st['retention_ndcg@10'].mean():.1%} of the "
                            f"target's native nDCG@10 on average (range {st['retention_ndcg@10'].min():.1%}–"
@@ -159,7 +160,7 @@ class Report:
               f"against {tm:.3f} for the true train-mean estimator, {zr:.3f} for the zero predictor and {gs:.3f} "
               f"for a Gaussian source stitched the same way." + ret_txt)
         self.summary.append(q1)
-        mse_mean = ridge[(ridge.metric == "mse") & ridge.source.isin(models)].value.mean()
+        mse_mean = ridge[(ridge.metric == "mse") & ridge.source.isin(models) & ridge.target.isin(models)].value.mean()
         zero_mse = ctrl[(ctrl.method == "zero") & (ctrl.metric == "mse")].value.mean()
         tm_mse = ctrl[(ctrl.method == "train_mean") & (ctrl.metric == "mse")].value.mean()
         blog = (f"Where we differ from the blog: its \"mean estimator\" row had MSE 1/d for unit vectors, which is "
@@ -167,7 +168,8 @@ class Report:
                 f"(MSE {tm_mse:.2e}, R² ≈ 0 by construction), a much harder baseline; ridge stitches reach MSE "
                 f"{mse_mean:.2e}. Beating the zero predictor says little; the margin over the mean estimator is the "
                 f"real signal.")
-        tab = pair.pivot_table(index="source", columns="target", values="value").reset_index()
+        tab = pair.pivot_table(index="source", columns="target", values="value").reindex(
+            index=models, columns=models).rename_axis(columns=None).reset_index()
         self.section("Are the spaces linearly mappable?", img, self.p(q1), self.p(blog),
                      self.table("ridge_r2", tab))
 
@@ -195,8 +197,8 @@ class Report:
             self.section("Is large→small easier than small→large?", self.p(q3), self.table("asymmetry", asym))
 
         # 4. rotations
-        pro = val[(val.method == "procrustes") & (val.metric == R2) & val.source.isin(models)]
-        orth = ridge[(ridge.metric == "orth_dev") & ridge.source.isin(models)]
+        pro = val[(val.method == "procrustes") & (val.metric == R2) & val.source.isin(models) & val.target.isin(models)]
+        orth = ridge[(ridge.metric == "orth_dev") & ridge.source.isin(models) & ridge.target.isin(models)]
         spectra_img = self.spectra_figure()
         if len(pro):
             rot = pro.value.mean() >= mean_r2 - 0.02 and orth.value.mean() < 0.1
@@ -212,7 +214,7 @@ class Report:
                              "procrustes_r2": pro.value.values}).merge(
                              pair[["source", "target", "value"]].rename(columns={"value": "ridge_r2"}))))
         # 5. mean estimators
-        br = ridge[(ridge.metric == "bias_ratio") & ridge.source.isin(models)]
+        br = ridge[(ridge.metric == "bias_ratio") & ridge.source.isin(models) & ridge.target.isin(models)]
         if len(br):
             gain = mean_r2 - tm
             q5 = (f"5. Are the stitches secretly mean estimators? {'No' if gain > 0.05 else 'Largely'}: "
@@ -255,7 +257,7 @@ class Report:
         _heatmap(ax, g.values, srcs, models, "nDCG@10 retention (ridge stitch / native)", vmin=0, vmax=1)
         img = self.fig("retention.png", f)
         nat = self.native[["model", "dim", "ndcg@10", "recall@10", "mrr@10"]]
-        best = st[st.source.isin(models)].sort_values("retention_ndcg@10", ascending=False).head(1)
+        best = st[st.source.isin(models) & st.target.isin(models)].sort_values("retention_ndcg@10", ascending=False).head(1)
         text = (f"Native nDCG@10 ranges {nat['ndcg@10'].min():.3f}–{nat['ndcg@10'].max():.3f}. "
                 + (f"The best-kept pair is {best.source.iloc[0]}→{best.target.iloc[0]} at "
                    f"{best['retention_ndcg@10'].iloc[0]:.1%}." if len(best) else ""))
@@ -270,13 +272,13 @@ class Report:
         val = self.mlp[self.mlp.fold == "val"] if "fold" in self.mlp else self.mlp
         mlp_rows = val[val.method.str.startswith("mlp_")]
         models = self.models if self.cf is not None else sorted(set(mlp_rows.target))
-        by_depth = (mlp_rows[(mlp_rows.metric == R2) & mlp_rows.source.isin(models)]
+        by_depth = (mlp_rows[(mlp_rows.metric == R2) & mlp_rows.source.isin(models) & mlp_rows.target.isin(models)]
                     .assign(depth=lambda d: d.method.str.extract(r"mlp_d(\d+)_")[0].astype(int))
                     .groupby("depth").value.agg(["mean", "min", "max"]).reset_index())
         f, axs = self.plt.subplots(1, 2, figsize=(11, 4))
         axs[0].plot(by_depth.depth, by_depth["mean"], "o-", label="MLP (mean over pairs)")
         if self.cf is not None:
-            r = self.ridge[(self.ridge.metric == R2) & self.ridge.source.isin(models)].value.mean()
+            r = self.ridge[(self.ridge.metric == R2) & self.ridge.source.isin(models) & self.ridge.target.isin(models)].value.mean()
             axs[0].axhline(r, color="C1", ls="--", label=f"closed-form ridge {r:.3f}")
         axs[0].axhline(0, color="k", ls=":", lw=1, label="train-mean estimator (0)")
         axs[0].set_xlabel("depth (nonlinearities)")

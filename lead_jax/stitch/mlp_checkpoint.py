@@ -18,11 +18,13 @@ with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 
 from lead_jax.stitch import mlp
 
@@ -108,9 +110,15 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
                          f"{old.get(k)} vs {meta.get(k)}")
   every = save_every or tcfg.eval_every
   last_saved = [int(state["step"]) if state is not None else 0]
+  t0, step0 = time.time(), last_saved[0]
+  if step0:
+    logging.info("%s: resuming at step %d/%d", cfg.method, step0, tcfg.steps)
 
   def hook(st):
     step = int(st["step"])
+    rate = (step - step0) / max(time.time() - t0, 1e-9)
+    logging.info("%s: step %d/%d, %.1f steps/s (all pairs), ETA %.0fs", cfg.method, step, tcfg.steps, rate,
+                 (tcfg.steps - step) / max(rate, 1e-9))
     if step - last_saved[0] >= every or step >= tcfg.steps:
       save(mngr, st, meta, force=step >= tcfg.steps)
       last_saved[0] = step
