@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import json
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lead_jax.encoders import pooling as pooling_lib
-from lead_jax.encoders.pooling import DenseSpec, PoolingSpec, l2_normalize
+from lead_jax.encoders.pooling import DenseSpec, PoolingSpec, _read_json, l2_normalize
 
 __all__ = ["LoadedEncoder", "load_hf_encoder", "l2_normalize", "register_architecture",
            "architecture_module", "load_state_dict"]
@@ -94,15 +93,6 @@ def architecture_module(model_type: str) -> tuple[ModuleType, type, type[nn.Modu
 # --------------------------------------------------------------------------- files
 
 _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def _read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
 def _shards(index_path: pathlib.Path) -> list[pathlib.Path]:
