@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.gram import Layout, ein
@@ -40,7 +41,7 @@ CONTROL_NAME = "gaussian_control"
 
 
 def cka_all_pairs(xs: Sequence[jax.typing.ArrayLike], *, control_dim: int | None = 768,
-                  seed: int = 0, dtype=None) -> dict[str, jax.Array]:
+                  seed: int = 0, dtype=None, mesh: Mesh | None = None) -> dict[str, jax.Array]:
   """Linear and debiased CKA between every pair of models.
 
   Args:
@@ -49,6 +50,9 @@ def cka_all_pairs(xs: Sequence[jax.typing.ArrayLike], *, control_dim: int | None
       (``None`` for no control).  With it the outputs are (M+1)×(M+1), control last.
     seed: seed of the control rows.
     dtype: float32 (default) or float64 (needs x64).
+    mesh: optional mesh (``lead_jax.distributed.make_mesh``): rows are sharded over its
+      ``data`` axis and every Gram block is a psum of per-device partial Grams.  Inputs
+      may also arrive row-sharded already (global arrays of a multi-process run).
 
   Returns:
     dict with ``linear`` and ``debiased`` CKA matrices, ``hsic_u`` (unbiased HSIC) and
@@ -59,19 +63,20 @@ def cka_all_pairs(xs: Sequence[jax.typing.ArrayLike], *, control_dim: int | None
   dims = [int(x.shape[1]) for x in xs] + ([control_dim] if control_dim else [])
   layout = gram_lib.make_layout(dims)
   xs = tuple(jnp.asarray(x, dtype) for x in xs)
-  return _cka_impl(xs, layout=layout, control_dim=control_dim, seed=seed)
+  return _cka_impl(xs, layout=layout, control_dim=control_dim, seed=seed, mesh=mesh)
 
 
 def np_rows(xs) -> int:
   return int(xs[0].shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed"))
-def _cka_impl(xs, *, layout: Layout, control_dim, seed):
+@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "mesh"))
+def _cka_impl(xs, *, layout: Layout, control_dim, seed, mesh=None):
   n = xs[0].shape[0]
   xs = list(xs)
   if control_dim:
     xs.append(gram_lib.gaussian_control(n, control_dim, seed, xs[0].dtype))
+  xs = [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
   zs = gram_lib.stack_groups(xs, layout)
   zs = [z - jnp.mean(z, axis=0) for z in zs]
   return cka_from_centred_groups(zs, layout, n)

@@ -185,14 +185,31 @@ def _cross_gram(xs):
   return ein("nd,ne->de", zc, zc), mu
 
 
-def shard_rows(xs: Sequence[jax.typing.ArrayLike], mesh: Mesh, axis: str = "rows") -> list[jax.Array]:
+DATA = "data"    # mesh axis over rows (Gram contractions become psums over it)
+PAIRS = "pairs"  # mesh axis over the pair / model-member axes
+
+
+def shard_rows(xs: Sequence[jax.typing.ArrayLike], mesh: Mesh, axis: str = DATA) -> list[jax.Array]:
   """Place each [N, d] array row-sharded over ``mesh`` axis ``axis`` (N must divide).
 
-  Use a mesh with ``AxisType.Auto`` axes (``jax.make_mesh(..., axis_types=(AxisType.Auto,))``):
-  the Gram contraction over a sharded row axis then becomes a psum chosen by GSPMD.
+  Use a mesh with ``AxisType.Auto`` axes (``lead_jax.distributed.make_mesh``): the Gram
+  contraction over a sharded row axis then becomes a psum chosen by GSPMD.
   """
   sharding = NamedSharding(mesh, PartitionSpec(axis, None))
   return [jax.device_put(jnp.asarray(x), sharding) for x in xs]
+
+
+def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
+  """``with_sharding_constraint(x, P(*spec))`` on ``mesh``; x unchanged without a mesh.
+
+  Axis names the mesh lacks (or of size 1) are dropped from the spec, so one code path
+  serves a data-only, a pairs-only and a 2-D mesh.  Inside jit, GSPMD pads dimensions
+  that do not divide the axis size (e.g. 3 target members over 2 devices).
+  """
+  if mesh is None:
+    return x
+  keep = lambda a: a if (a is not None and a in mesh.shape and mesh.shape[a] > 1) else None
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*[keep(a) for a in spec])))
 
 
 def linalg_map(fn, x: jax.Array, n_batch: int):

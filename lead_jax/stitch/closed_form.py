@@ -151,11 +151,13 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ----------------------------------------------------------------------------- sufficient statistics
 
 
-def stats_from_rows(zs_tr, zs_v, mask_v=None):
+def stats_from_rows(zs_tr, zs_v, mask_v=None, val_gram=True):
   """Train/val sufficient statistics from grouped rows [N, m, d] (one split).
 
-  Returns dict: c (centred train Gram blocks), gv (val Gram blocks centred by train mean),
-  sv (val column sums of ỹ), nv, mu (train means), xc (centred train rows, for the dual).
+  Returns dict: c (centred train Gram blocks), gv (val Gram blocks centred by train mean;
+  only with ``val_gram``), gdiag (per-group diag of the val Gram, Σ ỹ²), sv (val column
+  sums of ỹ), nv, mu (train means), and the centred train and val rows (for the dual and
+  for the row-projected validation path).
   """
   mu = [jnp.mean(z, axis=0) for z in zs_tr]
   xc = [z - m for z, m in zip(zs_tr, mu)]
@@ -163,8 +165,11 @@ def stats_from_rows(zs_tr, zs_v, mask_v=None):
   if mask_v is None:
     mask_v = jnp.ones(zs_v[0].shape[0], zs_v[0].dtype)
   xvm = [x * mask_v[:, None, None] for x in xv]
-  return {"c": gram_lib.gram_blocks(xc), "gv": gram_lib.gram_blocks(xvm),
-          "sv": [jnp.sum(x, axis=0) for x in xvm], "nv": jnp.sum(mask_v), "mu": mu}, xc
+  st = {"c": gram_lib.gram_blocks(xc), "gdiag": [jnp.sum(x * x, axis=0) for x in xvm],
+        "sv": [jnp.sum(x, axis=0) for x in xvm], "nv": jnp.sum(mask_v), "mu": mu}
+  if val_gram:
+    st["gv"] = gram_lib.gram_blocks(xvm)
+  return st, xc, xvm
 
 
 # ----------------------------------------------------------------------------- core
@@ -174,7 +179,7 @@ def _targets(st, layout):
   """Per-target-group val quantities: g_B (diag), SST, weights, count of valid dims."""
   out = []
   for b, (d_b, _) in enumerate(layout.groups):
-    g = jnp.diagonal(member_diag(st["gv"][b, b]), axis1=1, axis2=2)      # [m, d]
+    g = st["gdiag"][b]                                                   # [m, d] = Σ ỹ²
     sst = g - st["sv"][b] ** 2 / st["nv"]
     ok = sst > metrics.CONST_DIM_RTOL * jnp.max(sst, axis=1, keepdims=True)
     w = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
@@ -184,26 +189,35 @@ def _targets(st, layout):
   return out
 
 
-def _path(st, eig, lambdas, layout, rcond, with_procrustes):
-  """Gram-only part: val metrics for every pair × λ (+ Procrustes).  No rows needed."""
-  ng = len(layout.groups)
+def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, mesh=None):
+  """Val metrics for every pair × λ (+ Procrustes) from Grams; no predictions.
+
+  The val terms Q = Vᵀ G_AB and M = Vᵀ G_AA V come from the val Gram blocks, or, when
+  the projected val rows ``proj[a] = x̃_v V [n, m_a, k]`` and centred val rows ``yv`` are
+  given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
+  """
   tg = _targets(st, layout)
   out = {}
   for a, (d_a, _) in enumerate(layout.groups):
     v, s = eig[a]
-    k = v.shape[-1]
     filt = lambda_filter(s, lambdas, rcond[a])                           # [m_a, L, k]
-    gv_aa = member_diag(st["gv"][a, a])                                  # [m_a, d, d]
-    mv = ein("aik,aij,ajl->akl", v, gv_aa, v)                           # [m_a, k, k]
+    if proj is None:
+      mv = ein("aik,aij,ajl->akl", v, member_diag(st["gv"][a, a]), v)   # [m_a, k, k]
+    else:
+      mv = ein("nak,nal->akl", proj[a], proj[a])
     for b, (d_b, _) in enumerate(layout.groups):
       t = tg[b]
-      p = ein("aik,aibj->abkj", v, st["c"][a, b])                        # [m_a, m_b, k, d_b]
-      q = ein("aik,aibj->abkj", v, st["gv"][a, b])
+      pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)
+      p = pairs(ein("aik,aibj->abkj", v, st["c"][a, b]))                 # [m_a, m_b, k, d_b]
+      if proj is None:
+        q = pairs(ein("aik,aibj->abkj", v, st["gv"][a, b]))
+      else:
+        q = pairs(ein("nak,nbj->abkj", proj[a], yv[b]))
       pq = p * q
       t1 = jnp.sum(pq, axis=-1)
       t1w = ein("abkj,bj->abk", pq, t["w"])
       pp = ein("abkj,ablj->abkl", p, p) * mv[:, None]
-      ppw = ein("abkj,bj,ablj->abkl", p, t["w"], p) * mv[:, None]
+      ppw = ein("abkj,ablj->abkl", p * t["w"][None, :, None], p) * mv[:, None]
       quad = ein("ablk,alk->abl", ein("abkm,alm->ablk", pp, filt), filt)
       quadw = ein("ablk,alk->abl", ein("abkm,alm->ablk", ppw, filt), filt)
       sse = t["ssy"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1) + quad
@@ -236,8 +250,12 @@ def _procrustes(st, a, b, t):
   return res
 
 
-def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra):
-  """Row-dependent part at the chosen λ: W, b, MAE/EAV/cosine, W diagnostics."""
+def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj=None, mesh=None):
+  """Row-dependent part at the chosen λ: W, b, MAE/EAV/cosine, W diagnostics.
+
+  Predictions are laid out [m_a, m_b, n, d_b]; with ``proj`` (x̂ = x̃_v V) they are
+  x̂ (F P), which skips the x̃_v W product's wider contraction when k < d_A.
+  """
   out = {}
   for (a, b), pth in paths.items():
     v, _ = eig[a]
@@ -247,7 +265,7 @@ def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra):
     dp = f[..., None] * pth["p"]                                         # [m_a, m_b, k, d_b]
     w = ein("aik,abkj->abij", v, dp)
     mu_a, mu_b = st["mu"][a], st["mu"][b]
-    bias = mu_b[None] - ein("ai,abij->abj", mu_a, w)
+    bias = mu_b[None] - jnp.sum(mu_a[:, None, :, None] * w, axis=2)      # μ_B − μ_A W
     res = {"W": w, "b": bias,
            "bias_norm": jnp.linalg.norm(bias, axis=-1),
            "target_mean_norm": jnp.broadcast_to(jnp.linalg.norm(mu_b, axis=-1)[None], sel.shape)}
@@ -260,19 +278,21 @@ def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra):
       res["orth_dev"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) + extra) / np.sqrt(d_b)
       res["orth_dev_min"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) / min(d_a, d_b))
     if rows_v is not None:
-      xv = rows_v[a] - mu_a                                              # [n, m_a, d_a]
-      yv = rows_v[b]                                                     # [n, m_b, d_b]
-      pred_c = ein("nai,abij->anbj", xv, w)
-      resid = (yv - mu_b)[None] - pred_c                                 # [m_a, n, m_b, d_b]
-      sabs = ein("anbj,n->ab", jnp.abs(resid), mask_v)
+      if proj is not None:
+        pred = ein("nak,abkj->abnj", proj[a], dp)
+      else:
+        pred = ein("nai,abij->abnj", rows_v[a] - mu_a, w)
+      pred = pred + mu_b[None, :, None]                                  # [m_a, m_b, n, d_b]
+      pred = gram_lib.constrain(pred, mesh, None, gram_lib.PAIRS, gram_lib.DATA, None)
+      yt = jnp.transpose(rows_v[b], (1, 0, 2))[None]                     # [1, m_b, n, d_b]
       nv = jnp.sum(mask_v)
-      dev = ein("nbj,n->b", jnp.abs(yv - med[b][None]), mask_v)
+      sabs = jnp.sum(jnp.sum(jnp.abs(yt - pred), -1) * mask_v, -1)
+      dev = jnp.sum(jnp.sum(jnp.abs(yt[0] - med[b][:, None]), -1) * mask_v, -1)
       res["mae"] = sabs / (nv * d_b)
       res["eav"] = 1.0 - sabs / dev[None]
-      pred = pred_c + mu_b[None, None]
-      dot = jnp.sum(pred * yv[None], -1)
-      cos = dot / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1)[None] + 1e-30)
-      res["cos"] = ein("anb,n->ab", cos, mask_v) / nv
+      dot = jnp.sum(pred * yt, -1)
+      cos = dot / (jnp.sqrt(jnp.sum(pred * pred, -1) * jnp.sum(yt * yt, -1)) + 1e-30)
+      res["cos"] = jnp.sum(cos * mask_v, -1) / nv
     out[a, b] = res
   return out
 
@@ -337,17 +357,20 @@ def _rcond(layout, dtype, rcond, ks):
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
-                                             "procrustes", "spectra", "predictions"))
-def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions):
+                                             "procrustes", "spectra", "predictions", "mesh"))
+def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions,
+              mesh=None):
   train, val = list(train), list(val)
   ntr, nv = train[0].shape[0], val[0].shape[0]
   if control_dim:
     g = gram_lib.gaussian_control(ntr + nv, control_dim, seed, train[0].dtype)
     train.append(g[:ntr])
     val.append(g[ntr:])
+  rows = lambda xs: [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
+  train, val = rows(train), rows(val)
   zs_tr = gram_lib.stack_groups(train, layout)
   zs_v = gram_lib.stack_groups(val, layout)
-  st, xc = stats_from_rows(zs_tr, zs_v)
+  st, xc, yv = stats_from_rows(zs_tr, zs_v, val_gram=procrustes)
   eig, ks = [], []
   for a, (d_a, _) in enumerate(layout.groups):
     if ntr < d_a:
@@ -356,12 +379,13 @@ def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrust
       eig.append(source_eig(member_diag(st["c"][a, a])))
     ks.append(eig[-1][0].shape[-1])
   rc = _rcond(layout, train[0].dtype, rcond, ks)
-  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes)
+  proj = [ein("nai,aik->nak", y, v) for y, (v, _) in zip(yv, eig)]      # x̂ = x̃_v V
+  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, proj=proj, yv=yv, mesh=mesh)
   idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
   mask = jnp.ones(nv, train[0].dtype)
-  med = [jnp.median(z, axis=0) for z in zs_v] if predictions else None
+  med = [metrics.masked_median(z) for z in zs_v] if predictions else None
   rows = zs_v if predictions else None
-  chosen = _chosen(st, eig, paths, idx, rows, mask, med, layout, spectra)
+  chosen = _chosen(st, eig, paths, idx, rows, mask, med, layout, spectra, proj=proj, mesh=mesh)
   ctrl = metrics.controls(st, tg, rows, mask, med, layout)
   return _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, procrustes, spectra)
 
@@ -389,7 +413,7 @@ def _meta(layout, dims, control_dim, dtype):
 def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typing.ArrayLike],
                   lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, control_dim: int | None = 768,
                   seed: int = 0, rcond: float | None = None, dtype=None, procrustes: bool = True,
-                  spectra: bool = True, predictions: bool = True) -> dict:
+                  spectra: bool = True, predictions: bool = True, mesh=None) -> dict:
   """Ridge λ-path, OLS (λ = 0), Procrustes and controls for every ordered pair.
 
   Args:
@@ -403,6 +427,9 @@ def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typin
     dtype: float32 (default) or float64 (x64 on).
     procrustes / spectra / predictions: turn off the Procrustes fits, the singular-value
       spectra of W, or the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+    mesh: optional ``jax.sharding.Mesh`` with ``data`` and/or ``pairs`` axes
+      (``lead_jax.distributed.make_mesh``): rows are sharded over ``data`` (Gram blocks
+      become psums), per-pair solves and predictions over ``pairs`` (target members).
 
   Returns a pytree (caller model order, M' = M + control):
     lambdas [L]; ridge[metric] [M', M', L] (source, target, λ; NaN on the diagonal);
@@ -420,7 +447,7 @@ def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typin
   dtype, lam, layout, alldims = _prepare([train, val], None, lambdas, control_dim, dtype)
   out = _fit_impl(tuple(jnp.asarray(x, dtype) for x in train), tuple(jnp.asarray(x, dtype) for x in val),
                   lam, layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
-                  procrustes=procrustes, spectra=spectra, predictions=predictions)
+                  procrustes=procrustes, spectra=spectra, predictions=predictions, mesh=mesh)
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   return out
 
@@ -429,14 +456,16 @@ def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typin
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
-                                             "procrustes", "spectra", "predictions"))
-def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions):
+                                             "procrustes", "spectra", "predictions", "mesh"))
+def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions,
+             mesh=None):
   xs = list(xs)
   n = xs[0].shape[0]
   dtype = xs[0].dtype
   mask = mask.astype(dtype)
   if control_dim:
     xs.append(gram_lib.gaussian_control(n, control_dim, seed, dtype))
+  xs = [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
   zs = gram_lib.stack_groups(xs, layout)
   shift = [jnp.mean(z, axis=0) for z in zs]
   st = metrics.fold_stats([z - s for z, s in zip(zs, shift)], idx, mask)
@@ -447,7 +476,7 @@ def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procru
 
   def path_one(stf):
     eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
-    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes)
+    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes, mesh=mesh)
     return eig, paths, tg
 
   # lax.map, not vmap: folds run one after another (bounded memory; no batched LAPACK).
@@ -458,7 +487,7 @@ def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procru
   def chosen_one(args):
     stf, eigf, pathsf, tgf, rowsf, maskf = args
     med = [metrics.masked_median(r, maskf) for r in rowsf] if rowsf is not None else None
-    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, med, layout, spectra)
+    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, med, layout, spectra, mesh=mesh)
     ctrl = metrics.controls(stf, tgf, rowsf, maskf, med, layout)
     return _collect(stf, pathsf, tgf, ch, ctrl, idx_l, lambdas, layout, procrustes, spectra)
 
@@ -475,7 +504,7 @@ def cross_validate_all_pairs(xs: Sequence[jax.typing.ArrayLike],
                              lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, n_folds: int = 5,
                              fold_seed: int = 0, control_dim: int | None = 768, seed: int = 0,
                              rcond: float | None = None, dtype=None, procrustes: bool = True,
-                             spectra: bool = True, predictions: bool = True) -> dict:
+                             spectra: bool = True, predictions: bool = True, mesh=None) -> dict:
   """k-fold CV of every metric of :func:`fit_all_pairs`, from per-fold Grams.
 
   One Gram per fold G_f (row pass over the data once); fold f trains on Σ_{g≠f} G_g and
@@ -491,7 +520,7 @@ def cross_validate_all_pairs(xs: Sequence[jax.typing.ArrayLike],
   idx, mask = metrics.fold_indices(n, n_folds, fold_seed)
   out = _cv_impl(tuple(jnp.asarray(x, dtype) for x in xs), jnp.asarray(idx), jnp.asarray(mask), lam,
                  layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
-                 procrustes=procrustes, spectra=spectra, predictions=predictions)
+                 procrustes=procrustes, spectra=spectra, predictions=predictions, mesh=mesh)
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   out["meta"]["n_folds"] = n_folds
   return out

@@ -52,6 +52,8 @@ import numpy as np
 import optax
 import pandas as pd
 
+from lead_jax.similarity import gram as gram_lib
+
 MAX_DEPTH = 6
 MIN_LOG_TEMP = math.log(0.01)
 
@@ -418,20 +420,22 @@ def _group_init(g: Group, seed: int, cfg: StitchConfig, tcfg: TrainConfig, n_eva
   }
 
 
-def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
   """{"step": int32 [], "groups": tuple over plan.groups of per-group state}.
 
   Per group (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the
   RNG), best {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals]
   (mean minibatch loss over each eval window, and val loss at its end; NaN = not yet).
+  With ``mesh`` the pair axes start sharded as :func:`train_chunk` leaves them.
   """
-  return _init_state(plan=plan, cfg=cfg, tcfg=tcfg)
+  return _init_state(plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg"))
-def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
-  return {"step": jnp.zeros((), jnp.int32),
-          "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups)}
+@functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg", "mesh"))
+def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
+  return shard_pairs({"step": jnp.zeros((), jnp.int32),
+                      "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups)},
+                     mesh)
 
 
 def group_dims(plan: Plan, g: Group) -> dict | None:
@@ -447,18 +451,26 @@ def _group_arrays(plan: Plan, g: Group, data):
           jnp.asarray(g.src_local, jnp.int32), jnp.asarray(g.tgt_local, jnp.int32))
 
 
+def shard_pairs(tree, mesh):
+  """Constrain every leaf's leading pair axis to the mesh's ``pairs`` axis (no-op without a mesh)."""
+  return jax.tree.map(lambda a: gram_lib.constrain(a, mesh, gram_lib.PAIRS, *([None] * (a.ndim - 1)))
+                      if a.ndim else a, tree)
+
+
 def all_pairs_step(state: dict, train: Sequence[jax.Array], idx: tuple[jax.Array, ...], *, plan: Plan,
-                   cfg: StitchConfig, tcfg: TrainConfig) -> tuple[dict, tuple[jax.Array, ...]]:
+                   cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> tuple[dict, tuple[jax.Array, ...]]:
   """One optimisation step of every pair (vmapped per group) on minibatch rows idx [P, B].
 
+  With a mesh, pairs are sharded over its ``pairs`` axis and each minibatch's rows over
+  ``data`` (the gradient's mean over rows becomes a psum).
   Returns the new state and per-group minibatch losses [P].
   """
   upd = jax.vmap(functools.partial(pair_update, cfg=cfg, tcfg=tcfg))
   groups, losses = [], []
   for g, gs, ix in zip(plan.groups, state["groups"], idx):
     xs, ys, src, tgt = _group_arrays(plan, g, train)
-    x = xs[src[:, None], ix]                                          # [P, B, d_in]
-    y = ys[tgt[:, None], ix]                                          # [P, B, d_out]
+    x = gram_lib.constrain(xs[src[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None)  # [P, B, d_in]
+    y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None)  # [P, B, d_out]
     params, opt, loss = upd(gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g))
     groups.append({**gs, "params": params, "opt": opt})
     losses.append(loss)
@@ -475,10 +487,11 @@ def val_losses(params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: Stit
   return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg"), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg", "mesh"), donate_argnums=(0,))
 def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], *, n_steps: int,
-                plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+                plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
   """``n_steps`` steps of every pair, then validation, early stopping and history."""
+  state = shard_pairs(state, mesh)
   zero = tuple(jnp.zeros((len(g.pairs),), jnp.float32) for g in plan.groups)
   # The loop carries only what changes per step (params, opt state); the rest of the
   # state (best params, history, keys, masks) stays out of the while-loop carry.
@@ -495,8 +508,9 @@ def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array,
     st = {"step": state["step"] + i, "groups": tuple({**gi, "params": p, "opt": o}
                                                      for gi, (p, o) in zip(inv["groups"], po))}
     idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
-    st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg)
-    return tuple((gs["params"], gs["opt"]) for gs in st["groups"]), tuple(a + l for a, l in zip(acc, losses))
+    st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
+    po = shard_pairs(tuple((gs["params"], gs["opt"]) for gs in st["groups"]), mesh)
+    return po, tuple(a + l for a, l in zip(acc, losses))
 
   po0 = tuple((gs["params"], gs["opt"]) for gs in state["groups"])
   po, acc = jax.lax.fori_loop(0, n_steps, body, (po0, zero))
@@ -518,23 +532,26 @@ def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array,
     hist = {"train": gs["history"]["train"].at[:, e].set(a / n_steps), "val": gs["history"]["val"].at[:, e].set(v)}
     groups.append({**gs, "best_params": jax.tree.map(sel, gs["params"], gs["best_params"]),
                    "best": best, "history": hist})
-  return {"step": step, "groups": tuple(groups)}
+  return shard_pairs({"step": step, "groups": tuple(groups)}, mesh)
 
 
 def fit(plan: Plan, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], cfg: StitchConfig,
         tcfg: TrainConfig, state: dict | None = None,
-        on_eval: Callable[[dict], None] | None = None) -> dict:
+        on_eval: Callable[[dict], None] | None = None, mesh=None) -> dict:
   """Host loop: chunks of ``eval_every`` steps until ``tcfg.steps``; resumes from ``state``.
 
   ``train`` / ``val`` come from :func:`stack_data`.  ``on_eval(state)`` runs after each
-  chunk (checkpointing hooks in here).  The input state is donated.
+  chunk (checkpointing hooks in here).  The input state is donated.  With ``mesh``
+  (``lead_jax.distributed.make_mesh``) every pair group is sharded over its ``pairs``
+  axis and minibatch rows over ``data``; results equal a one-device run up to float
+  summation order.
   """
   if state is None:
-    state = init_state(plan, cfg, tcfg)
+    state = init_state(plan, cfg, tcfg, mesh)
   step = int(state["step"])
   while step < tcfg.steps:
     n = min(tcfg.eval_every - step % tcfg.eval_every, tcfg.steps - step)
-    state = train_chunk(state, train, val, n_steps=n, plan=plan, cfg=cfg, tcfg=tcfg)
+    state = train_chunk(state, train, val, n_steps=n, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
     step += n
     if on_eval is not None:
       on_eval(state)
