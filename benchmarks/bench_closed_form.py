@@ -64,17 +64,18 @@ def baseline(train, val, lambdas, dtype):
 
 
 def est_flops(dims, n_tr, n_v, n_l):
-  """Matmul + decomposition flops of the same-work fit (estimate)."""
+  """Matmul + decomposition flops of the same-work fit (estimate; eigh counted as 9a³)."""
   dims = list(dims)
   d = sum(dims)
   sq = sum(x * x for x in dims)
-  f = (n_tr + n_v) * (d * d + sq)            # symmetric train + val Grams
-  f += sum(2 * 2 * a * a * d for a in dims)   # P, Q
-  f += sum(4 * a ** 3 for a in dims)          # Vᵀ G V
-  f += sum(2 * 2 * a * a * d for a in dims)   # P Pᵀ, P Ω Pᵀ
-  f += sum(2 * 2 * n_l * a * a * d for a in dims)  # λ quadratic forms
-  f += sum(2 * a * a * d for a in dims)       # W at chosen λ
-  f += sum(2 * n_v * a * d for a in dims)     # predictions at chosen λ
+  f = n_tr * (d * d + sq)                     # symmetric train Gram (blocks b ≥ a)
+  f += 2 * 2 * n_v * sq                       # projected val rows x̂ = x̃V and M = x̂ᵀx̂
+  f += 2 * n_v * d * d                        # Q = x̂ᵀỹ for every pair
+  f += 2 * sq * d                             # P = Vᵀ C_AB
+  f += 2 * 2 * sq * d                         # P Pᵀ, P Ω Pᵀ
+  f += 2 * 2 * n_l * sq * len(dims)           # λ quadratic forms
+  f += 2 * sq * d                             # W at the chosen λ
+  f += 2 * n_v * d * d                        # predictions at the chosen λ
   f += sum(9 * a ** 3 for a in dims)          # eigh
   return float(f)
 

@@ -13,7 +13,7 @@ import json
 
 from absl import app, flags
 
-from lead_jax import data, store
+from lead_jax import data, distributed, store
 from lead_jax.data import chunking
 from lead_jax.encoders import openai_encoder, runner
 
@@ -46,6 +46,7 @@ flags.DEFINE_float("openai_timeout", 60.0, "Seconds before an OpenAI request tim
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     try:
         summary = _main()
     except (data.DataError, store.StoreError, openai_encoder.OpenAIEmbeddingError, FileNotFoundError) as e:

@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from absl import app, flags
 
+from lead_jax import distributed
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dir", "checkpoints", "Checkpoint directory (searched recursively for runs).")
 flags.DEFINE_bool("pairs", False, "Print each pair's config and metrics for the run(s) found.")
@@ -147,6 +149,7 @@ def export(kind: str, d: Path, path: str) -> None:
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()
   root = Path(FLAGS.dir)
   runs = find_runs(root)
   if not runs:

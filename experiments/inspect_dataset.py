@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from lead_jax import data
+from lead_jax import data, distributed
 from lead_jax.data import chunking
 
 FLAGS = flags.FLAGS
@@ -42,6 +42,7 @@ def run(dataset: str, *, qrels_split=None, n_train=20_000, n_val=5_000, max_docs
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     try:
         stats = run(FLAGS.dataset, qrels_split=FLAGS.qrels_split, n_train=FLAGS.n_train, n_val=FLAGS.n_val,
                     max_docs=FLAGS.max_docs, seed=FLAGS.seed,

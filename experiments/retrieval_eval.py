@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from lead_jax import data, store
+from lead_jax import data, distributed, store
 from lead_jax.data import chunking
 from lead_jax.eval import retrieval as R
 from lead_jax.eval import saved_stitches
@@ -264,6 +264,7 @@ def gram_control_name():
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     res = run(dataset=FLAGS.dataset, store_root=FLAGS.store, out_dir=FLAGS.out, models=FLAGS.models,
               stitch_dirs=FLAGS.stitches, split=FLAGS.split, max_docs=FLAGS.max_docs, n_train=FLAGS.n_train,
               n_val=FLAGS.n_val, seed=FLAGS.seed, qrels_split=FLAGS.qrels_split,

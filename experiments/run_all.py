@@ -10,15 +10,26 @@ flags below; run_all only composes them. A stage whose outputs are complete (its
 same command) is skipped; a stage killed mid-way is rerun and resumes from what it
 left (embedding resumes at its last committed block, MLP training at its last
 Orbax checkpoint). Progress lines show the stage, rows/s or steps/s, and the ETA.
+
+Several hosts (e.g. every worker of a TPU VM slice): run run_all on each, with the
+same flags; the mesh and jax.distributed flags given (`--mesh_data`, `--mesh_pairs`,
+`--distributed`, `--coordinator_address`, `--num_processes`, `--process_id`; see
+lead_jax/distributed.py) are passed to every stage, whose processes then work as one
+job. run_all itself starts no JAX runtime (each stage is its own jax.distributed job,
+and would find the coordinator port and the TPU taken), and those flags are left out
+of the stage markers, so that every worker agrees on which stages are complete.
 """
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
+
+from lead_jax import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
@@ -64,7 +75,14 @@ def stage_commands(*, dataset, models, out, store, max_docs, n_train, n_val, dep
     }
 
 
-def run_stage(name: str, cmds: list[list[str]], out: pathlib.Path, force: bool) -> float:
+def distributed_flags() -> list[str]:
+    """The mesh / jax.distributed flags given to run_all, to pass on to every stage."""
+    return [f"--{n}={FLAGS[n].value}" for n in distributed.FLAG_NAMES if FLAGS[n].present]
+
+
+def run_stage(name: str, cmds: list[list[str]], out: pathlib.Path, force: bool,
+              extra: list[str] | None = None) -> float:
+    """Runs a stage's commands (each with `extra` flags appended, which its marker leaves out)."""
     marker = out / ".stages" / f"{name}.json"
     want = {"commands": [c[1:] for c in cmds]}  # the interpreter path may differ between machines
     if not force and marker.exists() and json.loads(marker.read_text()).get("commands") == want["commands"]:
@@ -72,12 +90,13 @@ def run_stage(name: str, cmds: list[list[str]], out: pathlib.Path, force: bool) 
         return 0.0
     t0 = time.time()
     for cmd in cmds:
+        cmd = [*cmd, *(extra or [])]
         logging.info("[%s] %s", name, " ".join(cmd[1:]))
         rc = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if rc != 0:
             raise SystemExit(f"[{name}] failed with exit code {rc}: {' '.join(cmd[1:])}")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
+    tmp = marker.with_name(f"{marker.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # hosts may share <out>
     tmp.write_text(json.dumps({**want, "seconds": round(time.time() - t0, 1)}))
     os.replace(tmp, marker)
     logging.info("[%s] done in %.1fs", name, time.time() - t0)
@@ -98,7 +117,7 @@ def main(argv):
     timings = {}
     for i, name in enumerate(s for s in cmds if s in FLAGS.stages):
         logging.info("=== stage %d/%d: %s (%.0fs elapsed) ===", i + 1, len(FLAGS.stages), name, time.time() - t0)
-        timings[name] = round(run_stage(name, cmds[name], out, FLAGS.force), 1)
+        timings[name] = round(run_stage(name, cmds[name], out, FLAGS.force, distributed_flags()), 1)
     summary = out / "report" / "summary.txt"
     if summary.exists():
         print(summary.read_text())

@@ -12,7 +12,7 @@ import time
 
 from absl import app, flags, logging
 
-from lead_jax import store
+from lead_jax import distributed, store
 from lead_jax.similarity import cka_all_pairs
 from lead_jax.stitch import io
 
@@ -33,9 +33,13 @@ def run(*, dataset, store_root, out_dir, models=None, split="train", control_dim
     names, xs = store.read_models(store_root, dataset, split, "corpus", models)
     logging.info("CKA over %d models x %d rows (%s/%s)", len(names), xs[0].shape[0], dataset, split)
     t0 = time.time()
-    cka = cka_all_pairs(xs, control_dim=control_dim or None, seed=seed, dtype="float64" if float64 else None)
+    mesh = distributed.engine_mesh()
+    cka = cka_all_pairs(distributed.engine_inputs(xs, mesh), control_dim=control_dim or None, seed=seed,
+                        dtype="float64" if float64 else None, mesh=mesh)
+    cka = distributed.gather(cka)
     all_names = names + (["gaussian_control"] if control_dim else [])
-    io.save_cka(cka, all_names, out_dir, dataset)
+    if distributed.is_writer():
+        io.save_cka(cka, all_names, out_dir, dataset)
     logging.info("CKA done in %.2fs -> %s", time.time() - t0, out_dir)
     return {"models": all_names, "linear": [[round(float(v), 4) for v in r] for r in cka["linear"]],
             "debiased": [[round(float(v), 4) for v in r] for r in cka["debiased"]]}
@@ -43,6 +47,7 @@ def run(*, dataset, store_root, out_dir, models=None, split="train", control_dim
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     if FLAGS.float64:
         import jax
         jax.config.update("jax_enable_x64", True)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from lead_jax import store
+from lead_jax import distributed, store
 from lead_jax.stitch import DEFAULT_LAMBDAS, cross_validate_all_pairs, fit_all_pairs, io
 from lead_jax.eval import results_to_table
 
@@ -43,17 +43,23 @@ def run(*, dataset, store_root, out_dir, models=None, lambdas=DEFAULT_LAMBDAS, f
     logging.info("stitching %d models (%d ordered pairs) on %d train / %d val rows, %d λ",
                  len(names), len(names) * (len(names) - 1), train[0].shape[0], val[0].shape[0], len(lambdas))
     t0 = time.time()
-    fit = fit_all_pairs(train, val, lambdas, control_dim=control_dim or None, seed=seed, dtype=dtype)
+    mesh = distributed.engine_mesh()
+    train, val = distributed.engine_inputs(train, mesh), distributed.engine_inputs(val, mesh)
+    fit = distributed.gather(fit_all_pairs(train, val, lambdas, control_dim=control_dim or None, seed=seed,
+                                           dtype=dtype, mesh=mesh))
     tables = [results_to_table(fit, names, dataset)]
     logging.info("fit + val metrics: %.2fs", time.time() - t0)
     if folds:
         t1 = time.time()
-        cv = cross_validate_all_pairs(train, lambdas, n_folds=folds, fold_seed=seed,
-                                      control_dim=control_dim or None, seed=seed, dtype=dtype)
+        cv = distributed.gather(cross_validate_all_pairs(train, lambdas, n_folds=folds, fold_seed=seed,
+                                                         control_dim=control_dim or None, seed=seed, dtype=dtype,
+                                                         mesh=mesh))
         tables.append(results_to_table(cv, names, dataset))
         logging.info("%d-fold CV: %.2fs", folds, time.time() - t1)
     import pandas as pd
     table = pd.concat(tables, ignore_index=True)
+    if not distributed.is_writer():
+        return {"out": str(out_dir), "rows": len(table), "writer": False}
     io.save_table(table, out_dir, "results")
     io.save_stitches(fit, out_dir, names)
     metas = {m: store.read_meta(store_root, dataset, "train", "corpus", m) for m in names}
@@ -71,6 +77,7 @@ def run(*, dataset, store_root, out_dir, models=None, lambdas=DEFAULT_LAMBDAS, f
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     if FLAGS.float64:
         import jax
         jax.config.update("jax_enable_x64", True)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from lead_jax import store
+from lead_jax import distributed, store
 from lead_jax.eval import metrics
 from lead_jax.similarity import gram
 from lead_jax.similarity.cka import CONTROL_NAME
@@ -111,7 +111,8 @@ def run(out: str) -> pd.DataFrame:
     tr, va = mlp.stack_data(train, plan), mlp.stack_data(val, plan)
     run_dir = os.path.join(out, "mlp", f"d{depth}_{FLAGS.objective}")
     state = mlp_checkpoint.fit(run_dir, plan, tr, va, cfg, tcfg, names, save_every=FLAGS.save_every,
-                               extra_meta={"dataset": FLAGS.dataset, "store": FLAGS.store, "kind": FLAGS.kind})
+                               extra_meta={"dataset": FLAGS.dataset, "store": FLAGS.store, "kind": FLAGS.kind},
+                               mesh=distributed.engine_mesh())
     tab = mlp.results_to_table(state, plan, va, cfg, names, dataset=FLAGS.dataset)
     tables.append(tab)
     mse = tab[tab.metric == "mse"]
@@ -125,6 +126,7 @@ def run(out: str) -> pd.DataFrame:
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()
   df = run(FLAGS.out)
   piv = df[df.metric.isin(["mse", "r2", "cos"])].pivot_table(index="method", columns="metric", values="value")
   print(piv.to_string())

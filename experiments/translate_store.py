@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from lead_jax import store
+from lead_jax import distributed, store
 from lead_jax.eval import saved_stitches
 
 FLAGS = flags.FLAGS
@@ -103,6 +103,7 @@ def run(*, store_root, dataset, split, kind, source, target, stitch, name=None, 
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     res = run(store_root=FLAGS.store, dataset=FLAGS.dataset, split=FLAGS.split, kind=FLAGS.kind,
               source=FLAGS.source, target=FLAGS.target, stitch=FLAGS.stitch, name=FLAGS.name,
               out_store=FLAGS.out_store, block_rows=FLAGS.block_rows, store_dtype=FLAGS.store_dtype,

@@ -7,6 +7,11 @@ at most one program per bucket and little compute goes to padding. Each batch ru
 one jitted forward (fp32, or bf16 compute with `compute_dtype`), pooling, Dense and
 L2 normalization, data-parallel over the local devices (batch axis sharded over a
 1-D mesh, params replicated). Results are unsorted back to row order and written.
+
+In a multi-process run (jax.distributed) each process embeds and writes only its
+own block-aligned range of rows, on its own local devices; the store marks the
+array complete once every range is in (see `lead_jax.store`). Blocks are the same
+as in a one-process run, so each is embedded in the same batches.
 """
 from __future__ import annotations
 
@@ -98,30 +103,37 @@ class Runner:
 def embed_rows_to_store(embed: Callable[[list[str]], np.ndarray], dim: int, rows: Rows, root, model: str, *,
                         prefix: str = "", meta: dict, dtype: str = "float32", block_rows: int = 2048,
                         overwrite: bool = False, log_every_s: float = 10.0,
-                        final_meta: Callable[[], dict] | None = None) -> store.Writer:
+                        final_meta: Callable[[], dict] | None = None, process_index: int | None = None,
+                        process_count: int | None = None) -> store.Writer:
     """Embeds `rows` (with `prefix` prepended) into the store, resuming a partial array.
 
     `embed(texts) -> [len(texts), dim]` is any encoder (`Runner.embed`, the OpenAI
     embedder); `final_meta()` adds run facts (e.g. truncation counts) at the end.
+    With several processes (default: jax's) each embeds its own rows; all must call this,
+    and process 0's `final_meta()` is the one recorded.
     """
+    p = jax.process_index() if process_index is None else process_index
+    n = jax.process_count() if process_count is None else process_count
     writer = store.open_writer(root, rows.dataset, rows.split, rows.kind, model, n_rows=len(rows), dim=dim,
                                dtype=dtype, block_rows=block_rows, overwrite=overwrite,
-                               meta={**meta, "rows_digest": rows.digest, "prefix": prefix})
-    name = f"{rows.dataset}/{rows.split}/{rows.kind}/{model}"
+                               meta={**meta, "rows_digest": rows.digest, "prefix": prefix},
+                               process_index=p, process_count=n)
+    name = f"{rows.dataset}/{rows.split}/{rows.kind}/{model}" + (f" (process {p}/{n})" if n > 1 else "")
     if writer.complete:
         logging.info("%s: complete (%d rows), skipping", name, writer.n_rows)
         return writer
     if writer.committed_rows:
-        logging.info("%s: resuming at row %d/%d", name, writer.committed_rows, writer.n_rows)
-    t0, done0, last = time.time(), writer.committed_rows, 0.0
-    for start in range(writer.committed_rows, writer.n_rows, writer.block_rows):
-        stop = min(start + writer.block_rows, writer.n_rows)
+        logging.info("%s: resuming at row %d of [%d, %d)", name, writer.next_row, writer.start, writer.stop)
+    t0, done0, last = time.time(), writer.next_row, 0.0
+    for start in range(writer.next_row, writer.stop, writer.block_rows):
+        stop = min(start + writer.block_rows, writer.stop)
         writer.write(start, embed([prefix + t for t in rows.texts[start:stop]]))
         now = time.time()
-        if now - last >= log_every_s or stop == writer.n_rows:
+        if now - last >= log_every_s or stop == writer.stop:
             rate = (stop - done0) / max(now - t0, 1e-9)
-            eta = (writer.n_rows - stop) / max(rate, 1e-9)
-            logging.info("%s: %d/%d rows, %.1f rows/s, ETA %.0fs", name, stop, writer.n_rows, rate, eta)
+            eta = (writer.stop - stop) / max(rate, 1e-9)
+            logging.info("%s: %d/%d rows, %.1f rows/s, ETA %.0fs", name, stop - writer.start,
+                         writer.stop - writer.start, rate, eta)
             last = now
     writer.finish(final_meta() if final_meta else None)
     return writer

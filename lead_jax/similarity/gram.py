@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -212,6 +213,37 @@ def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*[keep(a) for a in spec])))
 
 
+_LAPACK_LIMITED = False
+
+
+def limit_lapack_threads() -> None:
+  """Give jaxlib's CPU LAPACK (scipy's OpenBLAS) ``$LEAD_JAX_LAPACK_THREADS`` threads (default 1).
+
+  XLA's CPU runtime runs independent ops of a program at once on its own thread pool, so
+  an eigh runs beside the Gram and projection matmuls; OpenBLAS threads inside it then
+  oversubscribe the cores.  One thread each measured 1.25× faster for the closed-form fit
+  on 2 cores (BUILD_NOTES.md).  Process-wide: scipy.linalg calls in this process get the
+  same limit; numpy's own BLAS is a different library and is untouched.
+  """
+  global _LAPACK_LIMITED
+  if _LAPACK_LIMITED:
+    return
+  _LAPACK_LIMITED = True
+  n = int(os.environ.get("LEAD_JAX_LAPACK_THREADS", "1"))
+  if n <= 0:
+    return
+  try:
+    import scipy.linalg  # noqa: F401  (jaxlib's LAPACK comes from scipy's cython_lapack)
+    import threadpoolctl
+  except ImportError:
+    return
+  info = threadpoolctl.threadpool_info()
+  paths = [i["filepath"] for i in info if "scipy" in i["filepath"] and "openblas64" not in i["filepath"]
+           and i.get("internal_api") == "openblas"]
+  if paths:
+    threadpoolctl.ThreadpoolController().select(filepath=paths).limit(limits=n)
+
+
 def linalg_map(fn, x: jax.Array, n_batch: int):
   """Apply a LAPACK-backed ``fn`` (eigh, svd) over the ``n_batch`` leading axes of x.
 
@@ -223,6 +255,8 @@ def linalg_map(fn, x: jax.Array, n_batch: int):
   """
   lead = x.shape[:n_batch]
   flat = x.reshape((-1,) + x.shape[n_batch:])
+  if jax.default_backend() == "cpu":
+    limit_lapack_threads()
   if jax.default_backend() == "cpu" and flat.shape[0] > 1:
     out = jax.lax.map(fn, flat)
   else:

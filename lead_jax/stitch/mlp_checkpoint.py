@@ -93,8 +93,10 @@ def restore_any(directory: str | os.PathLike, step: int | None = None) -> tuple[
 def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.StitchConfig,
         tcfg: mlp.TrainConfig, names: Sequence[str], *, save_every: int | None = None,
         extra_meta: dict | None = None, on_eval: Callable[[dict], None] | None = None,
-        max_to_keep: int | None = 2) -> dict:
+        max_to_keep: int | None = 2, mesh=None) -> dict:
   """:func:`mlp.fit` with Orbax checkpoints; resumes from the latest step in ``directory``.
+
+  ``mesh`` shards the pairs (and minibatch rows) as in :func:`mlp.fit`.
 
   ``save_every`` (default ``tcfg.eval_every``) is rounded to the evaluation boundaries
   at which the host regains control; the final step is always saved.
@@ -125,7 +127,7 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
     if on_eval is not None:
       on_eval(st)
 
-  state = mlp.fit(plan, train, val, cfg, tcfg, state=state, on_eval=hook)
+  state = mlp.fit(plan, train, val, cfg, tcfg, state=state, on_eval=hook, mesh=mesh)
   if mngr.latest_step() != int(state["step"]):
     save(mngr, state, meta, force=True)
   curves = mlp.curves_to_table(state, plan, tcfg, names)

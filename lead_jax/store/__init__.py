@@ -6,6 +6,7 @@ arrays themselves):
     <root>/<dataset>/<split>/<kind>/<model>/zarr.json, c/…   the [rows, dim] array
     <root>/<dataset>/<split>/<kind>/<model>/meta.json         model, digests, config
     <root>/<dataset>/<split>/<kind>/<model>/progress.json     committed row count
+    <root>/<dataset>/<split>/<kind>/<model>/progress.<p>-of-<P>.json   multi-process runs
 
 Resumable writes. Rows are written strictly in order, one zarr chunk (`block_rows`
 rows) per block; TensorStore writes each chunk file atomically and fsyncs it. Only
@@ -14,6 +15,20 @@ write-temp, fsync, rename. A process killed at any instant therefore loses at
 most the block in flight; a rerun with the same metadata resumes at the committed
 row and, since the computation is deterministic, ends with the same bytes.
 `meta.json` says `"complete": true` only after the last block is committed.
+
+Multi-process writes (`process_count` P > 1, one writer per process on a directory
+all of them see). Process 0 alone creates the array and meta.json; the others open
+it after a barrier. Process p writes rows `distributed.block_aligned_rows(n_rows,
+block_rows, p, P)`, whole chunks only, in order, recording its progress in its own
+`progress.<p>-of-<P>.json` ({start, stop, next_row}) by the same protocol, so each
+process resumes its own range after a kill. `finish()` makes the array complete
+once every range is committed: under jax.distributed every process calls it, a
+barrier follows, every process checks all P progress files, process 0 writes
+`progress.json` = n_rows and then `meta.json` complete, and a second barrier holds
+the others until it has. Without jax.distributed (no barriers: processes called in
+turn, as in tests) the last writer to finish, seeing every range committed, does
+it. Progress files of another P are ignored (their rows are still correct, only
+rewritten); creating an array deletes every progress file.
 
 Readers refuse incomplete arrays, NaN/Inf rows, and arrays whose row-text digest
 differs from another model's on the same dataset/split/kind.
@@ -46,8 +61,8 @@ def array_dir(root: str | os.PathLike, dataset: str, split: str, kind: str, mode
     return pathlib.Path(root) / dataset / split / kind / model_key(model)
 
 
-def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _atomic_write_json(path: pathlib.Path, obj: Any, tag: str = "") -> None:
+    tmp = path.with_name(path.name + ".tmp" + tag)  # `tag`: writers that may race on `path`
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
@@ -66,6 +81,28 @@ def _read_json(path: pathlib.Path) -> dict | None:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def _progress_name(process_index: int, process_count: int) -> str:
+    return "progress.json" if process_count == 1 else f"progress.{process_index}-of-{process_count}.json"
+
+
+def _rows_of(meta: dict, process_index: int, process_count: int) -> slice:
+    if process_count == 1:
+        return slice(0, meta["n_rows"])
+    from lead_jax import distributed
+    return distributed.block_aligned_rows(meta["n_rows"], meta["block_rows"], process_index, process_count)
+
+
+def _uncommitted(path: pathlib.Path, meta: dict, process_count: int) -> list[str]:
+    """Ranges of a P-process write whose progress file does not show them committed."""
+    out = []
+    for q in range(process_count):
+        r = _rows_of(meta, q, process_count)
+        prog = _read_json(path / _progress_name(q, process_count)) or {}
+        if (prog.get("start"), prog.get("stop"), prog.get("next_row")) != (r.start, r.stop, r.stop):
+            out.append(f"process {q}: rows [{prog.get('next_row', r.start)}, {r.stop}) of [{r.start}, {r.stop})")
+    return out
 
 
 def _open_ts(path: pathlib.Path, *, create: bool = False, shape=None, block_rows=None, dtype=None):
@@ -90,17 +127,22 @@ def check_finite(x: np.ndarray, name: str, row_offset: int = 0) -> None:
 
 
 class Writer:
-    """Appends blocks of rows to one array; see the module docstring for the protocol.
+    """Appends blocks of rows to one array (this process's rows [start, stop) of it); see the
+    module docstring for the protocol.
 
     Usage:
         w = open_writer(root, ds, split, kind, model, n_rows=…, dim=…, meta={…})
-        for start in range(w.committed_rows, w.n_rows, w.block_rows):
-            w.write(start, compute_rows(start, min(start + w.block_rows, w.n_rows)))
+        for start in range(w.next_row, w.stop, w.block_rows):
+            w.write(start, compute_rows(start, min(start + w.block_rows, w.stop)))
         w.finish()
     """
 
-    def __init__(self, path: pathlib.Path, meta: dict, committed: int, array):
-        self.path, self.meta, self._committed, self._array = path, meta, committed, array
+    def __init__(self, path: pathlib.Path, meta: dict, next_row: int, array, rows: slice | None = None,
+                 process_index: int = 0, process_count: int = 1):
+        self.path, self.meta, self._next, self._array = path, meta, next_row, array
+        rows = slice(0, meta["n_rows"]) if rows is None else rows
+        self.start, self.stop = rows.start, rows.stop
+        self.process_index, self.process_count = process_index, process_count
 
     @property
     def n_rows(self) -> int:
@@ -111,48 +153,85 @@ class Writer:
         return self.meta["block_rows"]
 
     @property
+    def next_row(self) -> int:
+        """The first row of this writer's range not yet committed (== stop when done)."""
+        return self._next
+
+    @property
     def committed_rows(self) -> int:
-        return self._committed
+        """Rows of this writer's range committed (one process: rows [0, committed_rows))."""
+        return self._next - self.start
 
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        """Writes rows [start, start+len(rows)); start must be the committed row count."""
+        """Writes rows [start, start+len(rows)); start must be `next_row`."""
         if self.complete:
             raise StoreError(f"{self.path}: already complete")
-        expected = min(self.block_rows, self.n_rows - self._committed)
-        if start != self._committed or rows.shape != (expected, self.meta["dim"]):
+        expected = min(self.block_rows, self.stop - self._next)
+        if start != self._next or expected <= 0 or rows.shape != (expected, self.meta["dim"]):
             raise StoreError(f"{self.path}: write of rows [{start}, {start + len(rows)}) with shape "
-                             f"{rows.shape}, but the next block is rows [{self._committed}, "
-                             f"{self._committed + expected}) of dim {self.meta['dim']}")
+                             f"{rows.shape}, but the next block is rows [{self._next}, "
+                             f"{self._next + expected}) of dim {self.meta['dim']}")
         check_finite(rows, str(self.path), start)
         data = np.asarray(rows, np.float32).astype(self._array.dtype.numpy_dtype)
         self._array[start:start + expected].write(data).result()
-        self._committed = start + expected
-        _atomic_write_json(self.path / "progress.json", {"committed_rows": self._committed})
+        self._next = start + expected
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        if self.process_count == 1:
+            _atomic_write_json(self.path / "progress.json", {"committed_rows": self._next})
+        else:
+            _atomic_write_json(self.path / _progress_name(self.process_index, self.process_count),
+                               {"start": self.start, "stop": self.stop, "next_row": self._next})
 
     def finish(self, extra_meta: Mapping[str, Any] | None = None) -> None:
-        """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json."""
-        if self._committed != self.n_rows:
-            raise StoreError(f"{self.path}: finish() at {self._committed}/{self.n_rows} rows")
-        if not self.complete:
-            clash = set(extra_meta or ()) & set(_IDENTITY)
-            if clash:
-                raise ValueError(f"finish(extra_meta) may not change identity fields {sorted(clash)}")
-            self.meta = {**self.meta, **(extra_meta or {}), "complete": True}
-            _atomic_write_json(self.path / "meta.json", self.meta)
+        """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json.
+
+        With several processes every one must call it (see the module docstring)."""
+        if self._next != self.stop:
+            raise StoreError(f"{self.path}: finish() at {self._next}/{self.n_rows} rows"
+                             + (f" (rows [{self.start}, {self.stop}) of process {self.process_index})"
+                                if self.process_count > 1 else ""))
+        if self.complete:
+            return
+        clash = set(extra_meta or ()) & set(_IDENTITY)
+        if clash:
+            raise ValueError(f"finish(extra_meta) may not change identity fields {sorted(clash)}")
+        if self.process_count == 1:
+            self._mark_complete(extra_meta)
+            return
+        from lead_jax import distributed
+        key = f"store-finish:{self.meta['dataset']}/{self.meta['split']}/{self.meta['kind']}/{self.meta['model']}"
+        synced = distributed.barrier(key)  # every process has committed its range
+        missing = _uncommitted(self.path, self.meta, self.process_count)
+        if missing and synced:
+            raise StoreError(f"{self.path}: ranges not committed after every process finished: {missing}")
+        if not missing and (self.process_index == 0 or not synced):
+            tag = f".{self.process_index}"  # without barriers two last writers may race here
+            _atomic_write_json(self.path / "progress.json", {"committed_rows": self.n_rows}, tag)
+            self._mark_complete(extra_meta, tag)
+        if synced:
+            distributed.barrier(key + ":done")  # process 0 has marked it complete
+            self.meta = _read_json(self.path / "meta.json")
+
+    def _mark_complete(self, extra_meta, tag: str = "") -> None:
+        self.meta = {**self.meta, **(extra_meta or {}), "complete": True}
+        _atomic_write_json(self.path / "meta.json", self.meta, tag)
 
 
 def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows: int, dim: int,
                 meta: Mapping[str, Any], dtype: str = "float32", block_rows: int = 1024,
-                overwrite: bool = False) -> Writer:
+                overwrite: bool = False, process_index: int = 0, process_count: int = 1) -> Writer:
     """Opens (creating or resuming) the array for one (dataset, split, kind, model).
 
     `meta` holds the model's metadata: weights_digest, rows_digest, pooling, normalize,
     prefix, chunker, source, … (never secrets). A partial array written with different
-    identity fields is refused unless `overwrite`.
+    identity fields is refused unless `overwrite`. With `process_count` > 1 every process
+    calls this with the same arguments and gets a writer for its own rows (module docstring).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -171,19 +250,57 @@ def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows
             raise StoreError(f"{path}: exists with different {', '.join(diff)} "
                              f"(e.g. {diff[0]}: {old.get(diff[0])!r} vs {full.get(diff[0])!r}); "
                              "delete it or pass --overwrite (overwrite=True) to re-embed")
+    create = old is None or overwrite
+    if process_count > 1:
+        return _open_shared(path, full, create, process_index, process_count)
+    if not create:
         progress = _read_json(path / "progress.json") or {"committed_rows": 0}
         committed = int(progress["committed_rows"])
         if old.get("complete") and committed != n_rows:
             raise StoreError(f"{path}: meta says complete but progress is {committed}/{n_rows}")
         return Writer(path, old, committed, _open_ts(path))
+    array = _create(path, full)
+    return Writer(path, full, 0, array)
+
+
+def _create(path: pathlib.Path, full: dict):
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("meta.json", "progress.json"):
-        (path / name).unlink(missing_ok=True)
-    array = _open_ts(path, create=True, shape=(n_rows, dim), block_rows=full["block_rows"], dtype=dtype)
+    for p in [path / "meta.json", *path.glob("progress*.json")]:
+        p.unlink(missing_ok=True)
+    array = _open_ts(path, create=True, shape=(full["n_rows"], full["dim"]), block_rows=full["block_rows"],
+                     dtype=full["dtype"])
     _atomic_write_json(path / "progress.json", {"committed_rows": 0})
     full["complete"] = False
     _atomic_write_json(path / "meta.json", full)
-    return Writer(path, full, 0, array)
+    return array
+
+
+def _open_shared(path: pathlib.Path, full: dict, create: bool, p: int, n: int) -> Writer:
+    """open_writer for process p of n: process 0 creates, the others open after it."""
+    from lead_jax import distributed
+    if not 0 <= p < n:
+        raise ValueError(f"process_index {p} is not in [0, {n})")
+    key = f"store-open:{full['dataset']}/{full['split']}/{full['kind']}/{full['model']}"
+    distributed.barrier(key)  # every process has read the old meta.json (and decided alike)
+    if create and p == 0:
+        _create(path, full)
+    distributed.barrier(key + ":created")
+    meta = _read_json(path / "meta.json")
+    if meta is None:
+        raise StoreError(f"{path}: missing after process 0 of {n} created it; every process must run "
+                         "together and see the same store directory (a shared filesystem)")
+    rows = _rows_of(meta, p, n)
+    if meta.get("complete"):
+        committed = int((_read_json(path / "progress.json") or {"committed_rows": 0})["committed_rows"])
+        if committed != meta["n_rows"]:
+            raise StoreError(f"{path}: meta says complete but progress is {committed}/{meta['n_rows']}")
+        return Writer(path, meta, rows.stop, _open_ts(path), rows, p, n)
+    prog = _read_json(path / _progress_name(p, n)) or {}
+    resume = (prog.get("start"), prog.get("stop")) == (rows.start, rows.stop)
+    w = Writer(path, meta, int(prog["next_row"]) if resume else rows.start, _open_ts(path), rows, p, n)
+    if not resume:
+        w._save_progress()
+    return w
 
 
 def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
