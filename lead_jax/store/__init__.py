@@ -1,7 +1,6 @@
 """Embedding store: one TensorStore zarr3 array per (dataset, split, kind, model).
 
-Layout under a root directory (local path; TensorStore also takes gs:// for the
-arrays themselves):
+Layout under a root (a local directory, or a TensorStore kvstore URL: see below):
 
     <root>/<dataset>/<split>/<kind>/<model>/zarr.json, c/…   the [rows, dim] array
     <root>/<dataset>/<split>/<kind>/<model>/meta.json         model, digests, config
@@ -30,6 +29,15 @@ turn, as in tests) the last writer to finish, seeing every range committed, does
 it. Progress files of another P are ignored (their rows are still correct, only
 rewritten); creating an array deletes every progress file.
 
+URL roots (`gs://bucket/prefix`, `file:///abs/path`, `memory://…`): everything above
+goes through a `tensorstore.KvStore` opened at the root instead of the filesystem, so
+a multi-host run can write one store into a GCS bucket. JSON files are single-object
+writes (atomic per key on GCS and TensorStore's file driver; no temp file or rename),
+zarr chunks are written as by the local path, and the protocol, file names and
+resume behaviour are the same. `array_dir` returns the array's URL string for URL roots
+(a `pathlib.Path` for local ones). `memory://` stores live in this module's shared
+TensorStore context, i.e. for the life of the process (tests).
+
 Readers refuse incomplete arrays, NaN/Inf rows, and arrays whose row-text digest
 differs from another model's on the same dataset/split/kind.
 """
@@ -57,11 +65,77 @@ def model_key(model: str) -> str:
     return model.replace("/", "__")
 
 
-def array_dir(root: str | os.PathLike, dataset: str, split: str, kind: str, model: str) -> pathlib.Path:
-    return pathlib.Path(root) / dataset / split / kind / model_key(model)
+_CONTEXT = None  # one TensorStore context for every URL root: memory:// contents are shared in-process
 
 
-def _atomic_write_json(path: pathlib.Path, obj: Any, tag: str = "") -> None:
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        import tensorstore as ts
+        _CONTEXT = ts.Context()
+    return _CONTEXT
+
+
+def _is_url(root) -> bool:
+    return isinstance(root, str) and "://" in root
+
+
+class _Url:
+    """A key (file or directory) under a kvstore URL root; `/` joins like pathlib, str() is its URL."""
+
+    def __init__(self, base: str, kv, key: str = ""):
+        self.base, self.kv, self.key = base, kv, key  # base ends in "/"; key is relative to kv
+
+    @classmethod
+    def open(cls, root: str) -> "_Url":
+        import tensorstore as ts
+        base = root.rstrip("/")
+        base += "//" if base.endswith(":") else "/"  # memory:// has no path; others get a directory prefix
+        return cls(base, ts.KvStore.open(base, context=_context()).result())
+
+    def __truediv__(self, name: str) -> "_Url":
+        return _Url(self.base, self.kv, f"{self.key}/{name}" if self.key else name)
+
+    def __str__(self) -> str:
+        return self.base + self.key
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys under this directory starting with `prefix`, relative to it."""
+        import tensorstore as ts
+        lo = f"{self.key}/{prefix}"
+        hi = lo[:-1] + chr(ord(lo[-1]) + 1)  # the first key past every key starting with lo
+        return [k.decode() for k in self.kv.list(ts.KvStore.KeyRange(lo, hi), len(self.key) + 1).result()]
+
+    def delete(self, prefix: str) -> None:
+        """Deletes every key under this directory starting with `prefix`."""
+        import tensorstore as ts
+        lo = f"{self.key}/{prefix}"
+        self.kv.delete_range(ts.KvStore.KeyRange(lo, lo[:-1] + chr(ord(lo[-1]) + 1))).result()
+
+
+def _loc(root, *parts: str) -> pathlib.Path | _Url:
+    if _is_url(root):
+        loc = _Url.open(root)
+        for part in parts:
+            loc = loc / part
+        return loc
+    return pathlib.Path(root).joinpath(*parts)
+
+
+def _array_loc(root, dataset: str, split: str, kind: str, model: str) -> pathlib.Path | _Url:
+    return _loc(root, dataset, split, kind, model_key(model))
+
+
+def array_dir(root: str | os.PathLike, dataset: str, split: str, kind: str, model: str) -> pathlib.Path | str:
+    """The array's directory: a Path for a local root, the array's URL (str) for a URL root."""
+    loc = _array_loc(root, dataset, split, kind, model)
+    return str(loc) if isinstance(loc, _Url) else loc
+
+
+def _atomic_write_json(path: pathlib.Path | _Url, obj: Any, tag: str = "") -> None:
+    if isinstance(path, _Url):  # one object write: atomic on GCS and TensorStore's file driver
+        path.kv.write(path.key, json.dumps(obj, indent=1, sort_keys=True).encode()).result()
+        return
     tmp = path.with_name(path.name + ".tmp" + tag)  # `tag`: writers that may race on `path`
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -75,7 +149,10 @@ def _atomic_write_json(path: pathlib.Path, obj: Any, tag: str = "") -> None:
         os.close(dfd)
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
+def _read_json(path: pathlib.Path | _Url) -> dict | None:
+    if isinstance(path, _Url):
+        r = path.kv.read(path.key).result()
+        return json.loads(r.value) if r.state == "value" else None
     try:
         with open(path) as f:
             return json.load(f)
@@ -94,7 +171,7 @@ def _rows_of(meta: dict, process_index: int, process_count: int) -> slice:
     return distributed.block_aligned_rows(meta["n_rows"], meta["block_rows"], process_index, process_count)
 
 
-def _uncommitted(path: pathlib.Path, meta: dict, process_count: int) -> list[str]:
+def _uncommitted(path: pathlib.Path | _Url, meta: dict, process_count: int) -> list[str]:
     """Ranges of a P-process write whose progress file does not show them committed."""
     out = []
     for q in range(process_count):
@@ -105,9 +182,13 @@ def _uncommitted(path: pathlib.Path, meta: dict, process_count: int) -> list[str
     return out
 
 
-def _open_ts(path: pathlib.Path, *, create: bool = False, shape=None, block_rows=None, dtype=None):
+def _open_ts(path: pathlib.Path | _Url, *, create: bool = False, shape=None, block_rows=None, dtype=None):
     import tensorstore as ts
-    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    if isinstance(path, _Url):
+        kvstore = {**path.kv.spec().to_json(), "path": path.kv.path + path.key + "/"}
+    else:
+        kvstore = {"driver": "file", "path": str(path)}
+    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": kvstore}
     if create:
         spec["metadata"] = {
             "shape": list(shape), "data_type": dtype,
@@ -115,7 +196,7 @@ def _open_ts(path: pathlib.Path, *, create: bool = False, shape=None, block_rows
         }
         spec["create"] = True
         spec["delete_existing"] = True
-    return ts.open(spec).result()
+    return ts.open(spec, context=_context() if isinstance(path, _Url) else None).result()
 
 
 def check_finite(x: np.ndarray, name: str, row_offset: int = 0) -> None:
@@ -137,7 +218,7 @@ class Writer:
         w.finish()
     """
 
-    def __init__(self, path: pathlib.Path, meta: dict, next_row: int, array, rows: slice | None = None,
+    def __init__(self, path: pathlib.Path | _Url, meta: dict, next_row: int, array, rows: slice | None = None,
                  process_index: int = 0, process_count: int = 1):
         self.path, self.meta, self._next, self._array = path, meta, next_row, array
         rows = slice(0, meta["n_rows"]) if rows is None else rows
@@ -237,7 +318,7 @@ def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if n_rows <= 0 or dim <= 0:
         raise StoreError(f"{array_dir(root, dataset, split, kind, model)}: empty shape [{n_rows}, {dim}]")
-    path = array_dir(root, dataset, split, kind, model)
+    path = _array_loc(root, dataset, split, kind, model)
     full = {**dict(meta), "model": model, "dataset": dataset, "split": split, "kind": kind,
             "n_rows": n_rows, "dim": dim, "dtype": dtype, "block_rows": min(block_rows, n_rows),
             "format_version": FORMAT_VERSION}
@@ -263,10 +344,14 @@ def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows
     return Writer(path, full, 0, array)
 
 
-def _create(path: pathlib.Path, full: dict):
-    path.mkdir(parents=True, exist_ok=True)
-    for p in [path / "meta.json", *path.glob("progress*.json")]:
-        p.unlink(missing_ok=True)
+def _create(path: pathlib.Path | _Url, full: dict):
+    if isinstance(path, _Url):
+        path.delete("meta.json")
+        path.delete("progress")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        for p in [path / "meta.json", *path.glob("progress*.json")]:
+            p.unlink(missing_ok=True)
     array = _open_ts(path, create=True, shape=(full["n_rows"], full["dim"]), block_rows=full["block_rows"],
                      dtype=full["dtype"])
     _atomic_write_json(path / "progress.json", {"committed_rows": 0})
@@ -275,7 +360,7 @@ def _create(path: pathlib.Path, full: dict):
     return array
 
 
-def _open_shared(path: pathlib.Path, full: dict, create: bool, p: int, n: int) -> Writer:
+def _open_shared(path: pathlib.Path | _Url, full: dict, create: bool, p: int, n: int) -> Writer:
     """open_writer for process p of n: process 0 creates, the others open after it."""
     from lead_jax import distributed
     if not 0 <= p < n:
@@ -304,7 +389,7 @@ def _open_shared(path: pathlib.Path, full: dict, create: bool, p: int, n: int) -
 
 
 def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
-    path = array_dir(root, dataset, split, kind, model)
+    path = _array_loc(root, dataset, split, kind, model)
     meta = _read_json(path / "meta.json")
     if meta is None:
         raise StoreError(f"{path}: no such array (meta.json missing)")
@@ -313,16 +398,21 @@ def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
 
 def is_complete(root, dataset: str, split: str, kind: str, model: str, rows_digest: str | None = None) -> bool:
     """Complete, and (when `rows_digest` is given) holding exactly those rows."""
-    meta = _read_json(array_dir(root, dataset, split, kind, model) / "meta.json")
+    meta = _read_json(_array_loc(root, dataset, split, kind, model) / "meta.json")
     return bool(meta and meta.get("complete") and (rows_digest is None or meta.get("rows_digest") == rows_digest))
 
 
 def list_models(root, dataset: str, split: str, kind: str, complete_only: bool = True,
                 include_translated: bool = False) -> list[str]:
     """Models with an array here; translated arrays (experiments/translate_store.py) only on request."""
-    base = pathlib.Path(root) / dataset / split / kind
+    base = _loc(root, dataset, split, kind)
+    if isinstance(base, _Url):
+        keys = [k for k in base.keys() if k.count("/") == 1 and k.endswith("/meta.json")]
+        files = [base / k for k in sorted(keys, key=lambda k: k.split("/")[0])]  # as sorted Paths
+    else:
+        files = sorted(base.glob("*/meta.json")) if base.is_dir() else []
     out = []
-    for d in sorted(base.glob("*/meta.json")) if base.is_dir() else []:
+    for d in files:
         meta = _read_json(d)
         if not meta or (complete_only and not meta.get("complete")):
             continue
@@ -335,7 +425,7 @@ def list_models(root, dataset: str, split: str, kind: str, complete_only: bool =
 def read_array(root, dataset: str, split: str, kind: str, model: str, *,
                check_alignment: bool = True) -> np.ndarray:
     """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
-    path = array_dir(root, dataset, split, kind, model)
+    path = _array_loc(root, dataset, split, kind, model)
     meta = read_meta(root, dataset, split, kind, model)
     progress = _read_json(path / "progress.json") or {"committed_rows": 0}
     if not meta.get("complete") or progress["committed_rows"] != meta["n_rows"]:
@@ -362,5 +452,5 @@ def read_models(root, dataset: str, split: str, kind: str,
     """The named models' arrays (default: every complete one), checked and row-aligned."""
     models = list(models) if models else list_models(root, dataset, split, kind)
     if not models:
-        raise StoreError(f"{pathlib.Path(root) / dataset / split / kind}: no complete arrays; run experiments/embed.py")
+        raise StoreError(f"{_loc(root, dataset, split, kind)}: no complete arrays; run experiments/embed.py")
     return models, [read_array(root, dataset, split, kind, m) for m in models]
