@@ -38,8 +38,7 @@ import numpy as np
 from absl import flags, logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA = "data"
-PAIRS = "pairs"
+from lead_jax.similarity.gram import DATA, PAIRS  # the axis names the engine constrains to
 MODES = ("auto", "on", "off")
 ENV_COORDINATOR = "LEAD_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "LEAD_JAX_NUM_PROCESSES"

@@ -213,9 +213,7 @@ def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*[keep(a) for a in spec])))
 
 
-_LAPACK_LIMITED = False
-
-
+@functools.cache
 def limit_lapack_threads() -> None:
   """Give jaxlib's CPU LAPACK (scipy's OpenBLAS) ``$LEAD_JAX_LAPACK_THREADS`` threads (default 1).
 
@@ -225,10 +223,6 @@ def limit_lapack_threads() -> None:
   on 2 cores (BUILD_NOTES.md).  Process-wide: scipy.linalg calls in this process get the
   same limit; numpy's own BLAS is a different library and is untouched.
   """
-  global _LAPACK_LIMITED
-  if _LAPACK_LIMITED:
-    return
-  _LAPACK_LIMITED = True
   n = int(os.environ.get("LEAD_JAX_LAPACK_THREADS", "1"))
   if n <= 0:
     return

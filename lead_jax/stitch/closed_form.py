@@ -197,6 +197,7 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
   given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
   """
   tg = _targets(st, layout)
+  pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)   # target members
   out = {}
   for a, (d_a, _) in enumerate(layout.groups):
     v, s = eig[a]
@@ -207,7 +208,6 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
       mv = ein("nak,nal->akl", proj[a], proj[a])
     for b, (d_b, _) in enumerate(layout.groups):
       t = tg[b]
-      pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)
       p = pairs(ein("aik,aibj->abkj", v, st["c"][a, b]))                 # [m_a, m_b, k, d_b]
       if proj is None:
         q = pairs(ein("aik,aibj->abkj", v, st["gv"][a, b]))

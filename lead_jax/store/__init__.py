@@ -43,6 +43,7 @@ differs from another model's on the same dataset/split/kind.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -76,6 +77,13 @@ def _context():
     return _CONTEXT
 
 
+@functools.lru_cache(maxsize=None)
+def _open_kvstore(base: str):
+    """One open KvStore per URL root (every store call resolves its root again)."""
+    import tensorstore as ts
+    return ts.KvStore.open(base, context=_context()).result()
+
+
 def _is_url(root) -> bool:
     return isinstance(root, str) and "://" in root
 
@@ -88,10 +96,9 @@ class _Url:
 
     @classmethod
     def open(cls, root: str) -> "_Url":
-        import tensorstore as ts
         base = root.rstrip("/")
         base += "//" if base.endswith(":") else "/"  # memory:// has no path; others get a directory prefix
-        return cls(base, ts.KvStore.open(base, context=_context()).result())
+        return cls(base, _open_kvstore(base))
 
     def __truediv__(self, name: str) -> "_Url":
         return _Url(self.base, self.kv, f"{self.key}/{name}" if self.key else name)
