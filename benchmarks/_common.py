@@ -35,7 +35,7 @@ def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
   b = jnp.asarray(rng.standard_normal((n, n), np.float32))
   f = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
   t, _, _ = time_median(lambda: f(a, b), repeats)
-  return 2.0 * n ** 3 / t
+  return 2.0 * n**3 / t
 
 
 def correlated_embeddings(dims, n_rows, seed=0, latent=256, noise=0.7, normalize=True):
@@ -45,7 +45,11 @@ def correlated_embeddings(dims, n_rows, seed=0, latent=256, noise=0.7, normalize
   out = []
   for d in dims:
     a = rng.standard_normal((latent, d)).astype(np.float32) / np.sqrt(latent)
-    x = z @ a + noise * rng.standard_normal((n_rows, d)).astype(np.float32) + 0.3 * rng.standard_normal(d).astype(np.float32)
+    x = (
+        z @ a
+        + noise * rng.standard_normal((n_rows, d)).astype(np.float32)
+        + 0.3 * rng.standard_normal(d).astype(np.float32)
+    )
     if normalize:
       x /= np.linalg.norm(x, axis=1, keepdims=True)
     out.append(x.astype(np.float32))

@@ -31,7 +31,11 @@ def _centre(k):
 def _hsic_u(k, l):
   n = k.shape[0]
   k1, l1 = k.sum(1), l.sum(1)
-  return (float(np.vdot(k, l)) + k1.sum() * l1.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(k1 @ l1)) / (n * (n - 3))
+  return (
+      float(np.vdot(k, l))
+      + k1.sum() * l1.sum() / ((n - 1) * (n - 2))
+      - 2.0 / (n - 2) * float(k1 @ l1)
+  ) / (n * (n - 3))
 
 
 def baseline(xs, pairs=None):
@@ -72,7 +76,7 @@ def f64_reference(xs):
 def ours_flops(dims, n):
   d = sum(dims)
   sq = sum(x * x for x in dims)
-  return float(n * (d * d + sq))      # symmetric Gram blocks (a ≤ b), 2 flops per MAC
+  return float(n * (d * d + sq))  # symmetric Gram blocks (a ≤ b), 2 flops per MAC
 
 
 def main():
@@ -84,36 +88,56 @@ def main():
   dims = [384, 384, 768, 768, 1024, 1536]
   xs_np = _common.correlated_embeddings(dims, n, seed=1)
   xs = [jnp.asarray(x) for x in xs_np]
-  ours_s, out, times = _common.time_median(lambda: cka_lib.cka_all_pairs(xs, control_dim=768), args.repeats)
+  ours_s, out, times = _common.time_median(
+      lambda: cka_lib.cka_all_pairs(xs, control_dim=768), args.repeats
+  )
   base_s, (lin, deb), btimes = _common.time_median(lambda: baseline(xs_np), 1, warmup=0)
   m = len(dims)
-  diff = max(float(np.max(np.abs(np.asarray(out["linear"])[:m, :m] - lin))),
-             float(np.max(np.abs(np.asarray(out["debiased"])[:m, :m] - deb))))
+  diff = max(
+      float(np.max(np.abs(np.asarray(out["linear"])[:m, :m] - lin))),
+      float(np.max(np.abs(np.asarray(out["debiased"])[:m, :m] - deb))),
+  )
   lin64, deb64 = f64_reference(xs_np)
-  ours_vs64 = max(float(np.max(np.abs(np.asarray(out[k])[:m, :m] - r))) for k, r in (("linear", lin64), ("debiased", deb64)))
+  ours_vs64 = max(
+      float(np.max(np.abs(np.asarray(out[k])[:m, :m] - r)))
+      for k, r in (("linear", lin64), ("debiased", deb64))
+  )
   base_vs64 = max(float(np.max(np.abs(a - r))) for a, r in ((lin, lin64), (deb, deb64)))
   # The correctness figure: ours against the baseline's own N×N method run in float64 (the
   # float32 baseline is itself ~1e-2 off at this N). Three pairs, the widest included, bound
   # the time and the 4 × N² float64 kernels' memory.
   pairs = [(0, 1), (2, 4), (4, 5)]
   blin64, bdeb64 = baseline([x.astype(np.float64) for x in xs_np], pairs)
-  diff64 = max(float(np.nanmax(np.abs(np.asarray(out[k])[:m, :m] - r))) for k, r in (("linear", blin64),
-                                                                                      ("debiased", bdeb64)))
+  diff64 = max(
+      float(np.nanmax(np.abs(np.asarray(out[k])[:m, :m] - r)))
+      for k, r in (("linear", blin64), ("debiased", bdeb64))
+  )
   rate = _common.matmul_rate()
   flops = ours_flops(dims + [768], n)
-  _common.emit({
-      "name": "cka_all_pairs" + ("_quick" if args.quick else ""),
-      "ours_s": ours_s, "baseline_s": base_s, "ratio": base_s / ours_s,
-      "max_abs_diff": diff64, "max_abs_diff_pairs": pairs,
-      "max_abs_diff_vs_float32_baseline": diff, "float32_baseline_max_abs_diff_vs_float64": base_vs64,
-      "ours_max_abs_diff_vs_float64_feature_space": ours_vs64,
-      "goal_ratio_30": base_s / ours_s >= 30, "goal_abs_diff_1e-5": diff64 <= 1e-5,
-      "ours_gflops": flops / ours_s / 1e9, "matmul_gflops": rate / 1e9,
-      "fraction_of_matmul_rate": flops / ours_s / rate, "goal_rate_50pct": flops / ours_s / rate >= 0.5,
-      "ours_times": times, "baseline_times": btimes,
-      "shape": {"n": n, "dims": dims, "control_dim": 768, "baseline_pairs": m * (m - 1) // 2},
-      "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-  })
+  _common.emit(
+      {
+          "name": "cka_all_pairs" + ("_quick" if args.quick else ""),
+          "ours_s": ours_s,
+          "baseline_s": base_s,
+          "ratio": base_s / ours_s,
+          "max_abs_diff": diff64,
+          "max_abs_diff_pairs": pairs,
+          "max_abs_diff_vs_float32_baseline": diff,
+          "float32_baseline_max_abs_diff_vs_float64": base_vs64,
+          "ours_max_abs_diff_vs_float64_feature_space": ours_vs64,
+          "goal_ratio_30": base_s / ours_s >= 30,
+          "goal_abs_diff_1e-5": diff64 <= 1e-5,
+          "ours_gflops": flops / ours_s / 1e9,
+          "matmul_gflops": rate / 1e9,
+          "fraction_of_matmul_rate": flops / ours_s / rate,
+          "goal_rate_50pct": flops / ours_s / rate >= 0.5,
+          "ours_times": times,
+          "baseline_times": btimes,
+          "shape": {"n": n, "dims": dims, "control_dim": 768, "baseline_pairs": m * (m - 1) // 2},
+          "backend": jax.default_backend(),
+          "cpu_count": os.cpu_count(),
+      }
+  )
 
 
 if __name__ == "__main__":

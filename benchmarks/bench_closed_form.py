@@ -68,15 +68,15 @@ def est_flops(dims, n_tr, n_v, n_l):
   dims = list(dims)
   d = sum(dims)
   sq = sum(x * x for x in dims)
-  f = n_tr * (d * d + sq)                     # symmetric train Gram (blocks b ≥ a)
-  f += 2 * 2 * n_v * sq                       # projected val rows x̂ = x̃V and M = x̂ᵀx̂
-  f += 2 * n_v * d * d                        # Q = x̂ᵀỹ for every pair
-  f += 2 * sq * d                             # P = Vᵀ C_AB
-  f += 2 * 2 * sq * d                         # P Pᵀ, P Ω Pᵀ
-  f += 2 * 2 * n_l * sq * len(dims)           # λ quadratic forms
-  f += 2 * sq * d                             # W at the chosen λ
-  f += 2 * n_v * d * d                        # predictions at the chosen λ
-  f += sum(9 * a ** 3 for a in dims)          # eigh
+  f = n_tr * (d * d + sq)  # symmetric train Gram (blocks b ≥ a)
+  f += 2 * 2 * n_v * sq  # projected val rows x̂ = x̃V and M = x̂ᵀx̂
+  f += 2 * n_v * d * d  # Q = x̂ᵀỹ for every pair
+  f += 2 * sq * d  # P = Vᵀ C_AB
+  f += 2 * 2 * sq * d  # P Pᵀ, P Ω Pᵀ
+  f += 2 * 2 * n_l * sq * len(dims)  # λ quadratic forms
+  f += 2 * sq * d  # W at the chosen λ
+  f += 2 * n_v * d * d  # predictions at the chosen λ
+  f += sum(9 * a**3 for a in dims)  # eigh
   return float(f)
 
 
@@ -101,10 +101,15 @@ def main():
   # What stitch_all_pairs also does: the Gaussian control model, Procrustes, singular-value spectra.
   full = dict(control_dim=768, procrustes=not args.no_procrustes, spectra=True, predictions=True)
 
-  ours_s, res, times = _common.time_median(lambda: closed_form.fit_all_pairs(train, val, lambdas, **same),
-                                           args.repeats)
-  full_s, _, _ = _common.time_median(lambda: closed_form.fit_all_pairs(train, val, lambdas, **full), args.repeats)
-  base_s, _, btimes = _common.time_median(lambda: baseline(train_np, val_np, lambdas, np.float32), 1, warmup=0)
+  ours_s, res, times = _common.time_median(
+      lambda: closed_form.fit_all_pairs(train, val, lambdas, **same), args.repeats
+  )
+  full_s, _, _ = _common.time_median(
+      lambda: closed_form.fit_all_pairs(train, val, lambdas, **full), args.repeats
+  )
+  base_s, _, btimes = _common.time_median(
+      lambda: baseline(train_np, val_np, lambdas, np.float32), 1, warmup=0
+  )
   ref64 = baseline(train_np, val_np, lambdas, np.float64)
 
   m = len(dims)
@@ -127,16 +132,30 @@ def main():
   flops = est_flops(dims, n_tr, n_v, len(lambdas))
   record = {
       "name": "closed_form_all_pairs" + ("_quick" if args.quick else ""),
-      "ours_s": ours_s, "baseline_s": base_s, "ratio": base_s / ours_s,
-      "ours_with_control_procrustes_spectra_s": full_s, "ratio_with_diagnostics": base_s / full_s,
-      "max_rel_diff": max_rel, "max_rel_diff_lambda0": max_rel0,
+      "ours_s": ours_s,
+      "baseline_s": base_s,
+      "ratio": base_s / ours_s,
+      "ours_with_control_procrustes_spectra_s": full_s,
+      "ratio_with_diagnostics": base_s / full_s,
+      "max_rel_diff": max_rel,
+      "max_rel_diff_lambda0": max_rel0,
       "max_rel_diff_by_metric": {k: v[0] for k, v in rel.items()},
-      "goal_ratio_10": base_s / ours_s >= 10, "goal_accuracy": max_rel <= 1e-4 and max_rel0 <= 1e-3,
-      "ours_est_gflops": flops / ours_s / 1e9, "matmul_gflops": rate / 1e9,
+      "goal_ratio_10": base_s / ours_s >= 10,
+      "goal_accuracy": max_rel <= 1e-4 and max_rel0 <= 1e-3,
+      "ours_est_gflops": flops / ours_s / 1e9,
+      "matmul_gflops": rate / 1e9,
       "fraction_of_matmul_rate": flops / ours_s / rate,
-      "ours_times": times, "baseline_times": btimes,
-      "shape": {"dims": dims, "n_train": n_tr, "n_val": n_v, "n_lambdas": len(lambdas), "pairs": m * (m - 1)},
-      "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+      "ours_times": times,
+      "baseline_times": btimes,
+      "shape": {
+          "dims": dims,
+          "n_train": n_tr,
+          "n_val": n_v,
+          "n_lambdas": len(lambdas),
+          "pairs": m * (m - 1),
+      },
+      "backend": jax.default_backend(),
+      "cpu_count": os.cpu_count(),
   }
   _common.emit(record)
 

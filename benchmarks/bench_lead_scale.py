@@ -36,8 +36,14 @@ def run_all(datasets, lambdas, n_tr, predictions):
   out = []
   for xs in datasets:
     c = cka_lib.cka_all_pairs(xs, control_dim=768)
-    f = closed_form.fit_all_pairs([x[:n_tr] for x in xs], [x[n_tr:] for x in xs], lambdas,
-                                  procrustes=False, spectra=False, predictions=predictions)
+    f = closed_form.fit_all_pairs(
+        [x[:n_tr] for x in xs],
+        [x[n_tr:] for x in xs],
+        lambdas,
+        procrustes=False,
+        spectra=False,
+        predictions=predictions,
+    )
     out.append((c["debiased"], f["ridge"]["mse"], f["chosen"]["lambda"]))
   return out
 
@@ -62,13 +68,18 @@ def main():
   datasets = [[jax.device_put(jnp.asarray(x)) for x in xs] for xs in host]
   _common.block(datasets)
   load_s = time.perf_counter() - t
-  print(f"data on {jax.devices()[0]} in {load_s:.1f}s; first call (compiles)…", file=sys.stderr, flush=True)
+  print(
+      f"data on {jax.devices()[0]} in {load_s:.1f}s; first call (compiles)…",
+      file=sys.stderr,
+      flush=True,
+  )
   t = time.perf_counter()
   _common.block(run_all(datasets, lambdas, n_tr, not args.no_predictions))
   first_s = time.perf_counter() - t
   print(f"first call {first_s:.1f}s; timing {args.repeats} repeats…", file=sys.stderr, flush=True)
-  ours_s, res, times = _common.time_median(lambda: run_all(datasets, lambdas, n_tr, not args.no_predictions),
-                                           args.repeats, warmup=0)
+  ours_s, res, times = _common.time_median(
+      lambda: run_all(datasets, lambdas, n_tr, not args.no_predictions), args.repeats, warmup=0
+  )
 
   # Baseline: the per-pair loop on a few pairs of dataset 0, extrapolated.
   xs = host[0]
@@ -79,21 +90,40 @@ def main():
   for i, j in pairs:
     ref = pair_loop([xs[i][:n_tr], xs[j][:n_tr]], [xs[i][n_tr:], xs[j][n_tr:]], lambdas, np.float32)
     ours = np.asarray(res[0][1])[i, j]
-    worst = max(worst, float(np.max(np.abs(ours[1:] - ref["mse"][0, 1, 1:]) / ref["mse"][0, 1, 1:])))
+    worst = max(
+        worst, float(np.max(np.abs(ours[1:] - ref["mse"][0, 1, 1:]) / ref["mse"][0, 1, 1:]))
+    )
   per_pair = (time.perf_counter() - t) / len(pairs)
   n_pairs = len(dims) * (len(dims) - 1) * n_ds
   base_s = per_pair * n_pairs
-  _common.emit({
-      "name": "lead_scale" + ("_quick" if args.quick else ""),
-      "ours_s": ours_s, "baseline_s": base_s, "ratio": base_s / ours_s,
-      "max_rel_diff": worst, "max_rel_diff_note": "ridge val MSE, λ>0, vs float32 per-pair loop on the timed pairs",
-      "baseline_extrapolated_from_pairs": len(pairs), "load_s": load_s, "first_call_s": first_s,
-      "ours_times": times,
-      "reference_study_s": 162.0, "goal_s_h100": 2.0,
-      "shape": {"dims": dims, "rows": n, "n_train": n_tr, "datasets": n_ds, "pairs": n_pairs,
-                "n_lambdas": len(lambdas), "predictions": not args.no_predictions},
-      "backend": jax.default_backend(), "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-  })
+  _common.emit(
+      {
+          "name": "lead_scale" + ("_quick" if args.quick else ""),
+          "ours_s": ours_s,
+          "baseline_s": base_s,
+          "ratio": base_s / ours_s,
+          "max_rel_diff": worst,
+          "max_rel_diff_note": "ridge val MSE, λ>0, vs float32 per-pair loop on the timed pairs",
+          "baseline_extrapolated_from_pairs": len(pairs),
+          "load_s": load_s,
+          "first_call_s": first_s,
+          "ours_times": times,
+          "reference_study_s": 162.0,
+          "goal_s_h100": 2.0,
+          "shape": {
+              "dims": dims,
+              "rows": n,
+              "n_train": n_tr,
+              "datasets": n_ds,
+              "pairs": n_pairs,
+              "n_lambdas": len(lambdas),
+              "predictions": not args.no_predictions,
+          },
+          "backend": jax.default_backend(),
+          "device": str(jax.devices()[0]),
+          "cpu_count": os.cpu_count(),
+      }
+  )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ goal's budget: 600 s (10 minutes on 2 cores); ratio = 600 / ours. The correctnes
 figure is the job's own CKA matrix against a float64 numpy CKA recomputed from the
 store arrays it wrote. The last stdout line is the JSON summary.
 """
+
 import argparse
 import json
 import pathlib
@@ -22,45 +23,65 @@ BUDGET_S = 600.0
 
 
 def linear_cka_f64(xs):
-    zs = [np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0) for x in xs]
-    m = len(zs)
-    out = np.eye(m)
-    for i in range(m):
-        for j in range(m):
-            if i != j:
-                out[i, j] = (np.linalg.norm(zs[i].T @ zs[j]) ** 2
-                             / (np.linalg.norm(zs[i].T @ zs[i]) * np.linalg.norm(zs[j].T @ zs[j])))
-    return out
+  zs = [np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0) for x in xs]
+  m = len(zs)
+  out = np.eye(m)
+  for i in range(m):
+    for j in range(m):
+      if i != j:
+        out[i, j] = np.linalg.norm(zs[i].T @ zs[j]) ** 2 / (
+            np.linalg.norm(zs[i].T @ zs[i]) * np.linalg.norm(zs[j].T @ zs[j])
+        )
+  return out
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--keep", default=None, help="Run directory to use (default: a fresh temp dir).")
-    args = ap.parse_args()
-    out = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="bench_run_all_")) / "run"
-    cmd = [sys.executable, str(ROOT / "experiments" / "run_all.py"), f"--out={out}"]
-    if args.quick:
-        cmd += ["--models=all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,wordllama", "--max_docs=1000", "--n_train=750",
-                "--n_val=250", "--mlp_steps=200"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.stderr.write(res.stderr[-5000:])
-        raise SystemExit(f"run_all failed ({res.returncode})")
-    final = json.loads(res.stdout.strip().splitlines()[-1])
+  ap = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--keep", default=None, help="Run directory to use (default: a fresh temp dir).")
+  args = ap.parse_args()
+  out = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="bench_run_all_")) / "run"
+  cmd = [sys.executable, str(ROOT / "experiments" / "run_all.py"), f"--out={out}"]
+  if args.quick:
+    cmd += [
+        "--models=all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,wordllama",
+        "--max_docs=1000",
+        "--n_train=750",
+        "--n_val=250",
+        "--mlp_steps=200",
+    ]
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  if res.returncode != 0:
+    sys.stderr.write(res.stderr[-5000:])
+    raise SystemExit(f"run_all failed ({res.returncode})")
+  final = json.loads(res.stdout.strip().splitlines()[-1])
 
-    from lead_jax import store
-    cka = np.load(out / "similarity" / "cka.npz")
-    names = [str(n) for n in cka["names"] if str(n) != "gaussian_control"]
-    xs = [store.read_array(out / "store", "wordnet", "train", "corpus", m) for m in names]
-    ref = linear_cka_f64(xs)
-    diff = float(np.abs(np.asarray(cka["linear"])[:len(names), :len(names)] - ref).max())
-    ours = final["total_seconds"]
-    print(json.dumps({"name": "run_all_quick" if args.quick else "run_all_default", "ours_s": ours,
-                      "baseline_s": BUDGET_S, "baseline": "the 10-minute budget (no other implementation)",
-                      "ratio": BUDGET_S / ours, "max_abs_diff": diff, "stage_seconds": final["stage_seconds"],
-                      "meets_goal": ours <= BUDGET_S, "out": str(out)}))
+  from lead_jax import store
+
+  cka = np.load(out / "similarity" / "cka.npz")
+  names = [str(n) for n in cka["names"] if str(n) != "gaussian_control"]
+  xs = [store.read_array(out / "store", "wordnet", "train", "corpus", m) for m in names]
+  ref = linear_cka_f64(xs)
+  diff = float(np.abs(np.asarray(cka["linear"])[: len(names), : len(names)] - ref).max())
+  ours = final["total_seconds"]
+  print(
+      json.dumps(
+          {
+              "name": "run_all_quick" if args.quick else "run_all_default",
+              "ours_s": ours,
+              "baseline_s": BUDGET_S,
+              "baseline": "the 10-minute budget (no other implementation)",
+              "ratio": BUDGET_S / ours,
+              "max_abs_diff": diff,
+              "stage_seconds": final["stage_seconds"],
+              "meets_goal": ours <= BUDGET_S,
+              "out": str(out),
+          }
+      )
+  )
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -29,7 +29,12 @@ sys.path.insert(0, ROOT)
 def shape(quick: bool) -> dict:
   if quick:
     return {"dims": [48, 48, 96, 96, 128, 192], "rows": 2048, "mlp_rows": 1024, "mlp_steps": 50}
-  return {"dims": [384, 384, 768, 768, 1024, 1536], "rows": 8192, "mlp_rows": 4096, "mlp_steps": 100}
+  return {
+      "dims": [384, 384, 768, 768, 1024, 1536],
+      "rows": 8192,
+      "mlp_rows": 4096,
+      "mlp_steps": 100,
+  }
 
 
 def child(n_dev: int, quick: bool, repeats: int, out_path: str) -> None:
@@ -50,16 +55,20 @@ def child(n_dev: int, quick: bool, repeats: int, out_path: str) -> None:
   rows_mesh = distributed.make_mesh(data=n_dev, pairs=1) if n_dev > 1 else None
   pairs_mesh = distributed.make_mesh(data=1, pairs=n_dev) if n_dev > 1 else None
   times, res = {}, {}
-  t, out, _ = _common.time_median(lambda: cka_lib.cka_all_pairs(xs, control_dim=768, mesh=rows_mesh), repeats)
+  t, out, _ = _common.time_median(
+      lambda: cka_lib.cka_all_pairs(xs, control_dim=768, mesh=rows_mesh), repeats
+  )
   times["cka_s"], res["cka"] = t, np.asarray(out["debiased"])
   fit = lambda: closed_form.fit_all_pairs(tr, va, control_dim=768, mesh=rows_mesh)
   t, out, _ = _common.time_median(fit, repeats)
   times["fit_s"], res["fit_mse"] = t, np.asarray(out["ridge"]["mse"])
   res["fit_cos"] = np.asarray(out["chosen"]["cos"])
   cfg = mlp.StitchConfig(depth=1)
-  tcfg = mlp.TrainConfig(steps=sh["mlp_steps"], eval_every=sh["mlp_steps"], batch_size=128, warmup_steps=10)
+  tcfg = mlp.TrainConfig(
+      steps=sh["mlp_steps"], eval_every=sh["mlp_steps"], batch_size=128, warmup_steps=10
+  )
   plan = mlp.make_plan(sh["dims"], cfg)
-  m_tr = mlp.stack_data([x[:sh["mlp_rows"]] for x in tr], plan)
+  m_tr = mlp.stack_data([x[: sh["mlp_rows"]] for x in tr], plan)
   m_va = mlp.stack_data(va, plan)
   run = lambda: mlp.fit(plan, m_tr, m_va, cfg, tcfg, mesh=pairs_mesh)
   t, state, _ = _common.time_median(run, repeats)
@@ -95,34 +104,59 @@ def main():
       path = os.path.join(tmp, f"n{n}.npz")
       env = dict(os.environ)
       if on_cpu:
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-                   TF_CPP_MIN_LOG_LEVEL="2")
-      cmd = [sys.executable, os.path.abspath(__file__), f"--_child={n}", f"--_out={path}",
-             f"--repeats={args.repeats}"] + (["--quick"] if args.quick else [])
+        env.update(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+            TF_CPP_MIN_LOG_LEVEL="2",
+        )
+      cmd = [
+          sys.executable,
+          os.path.abspath(__file__),
+          f"--_child={n}",
+          f"--_out={path}",
+          f"--repeats={args.repeats}",
+      ] + (["--quick"] if args.quick else [])
       proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
       if proc.returncode != 0:
         raise SystemExit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
       with open(path + ".json") as f:
         per[n] = json.load(f)
       results[n] = dict(np.load(path))
-      print(f"{n} device(s): " + ", ".join(f"{k} {v:.3f}" for k, v in per[n].items() if k.endswith("_s")), flush=True)
+      print(
+          f"{n} device(s): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in per[n].items() if k.endswith("_s")),
+          flush=True,
+      )
   worst = 0.0
   for n in counts[1:]:
     for k, ref in results[1].items():
       got, ok = results[n][k], np.isfinite(ref)
-      worst = max(worst, float(np.max(np.abs(got[ok] - ref[ok])) / max(np.max(np.abs(ref[ok])), 1e-30)))
+      worst = max(
+          worst, float(np.max(np.abs(got[ok] - ref[ok])) / max(np.max(np.abs(ref[ok])), 1e-30))
+      )
   total = lambda d: d["cka_s"] + d["fit_s"] + d["mlp_s"]
   last = counts[-1]
-  _common.emit({
-      "name": "scaling" + ("_quick" if args.quick else ""),
-      "ours_s": total(per[last]), "baseline_s": total(per[1]), "ratio": total(per[1]) / total(per[last]),
-      "max_rel_diff": worst, "max_rel_diff_note": "max |diff| / max |1-device value| per result array (CKA, val MSE path, "
-                           "cosine, MLP val loss), float32, every count vs 1 device",
-      "counts": counts, "per_count": {str(n): per[n] for n in counts},
-      "note": ("forced CPU devices share the machine's real cores: times show partitioning cost, not speed-up"
-               if on_cpu else "one accelerator: single-device figures only"),
-      "shape": shape(args.quick), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-  })
+  _common.emit(
+      {
+          "name": "scaling" + ("_quick" if args.quick else ""),
+          "ours_s": total(per[last]),
+          "baseline_s": total(per[1]),
+          "ratio": total(per[1]) / total(per[last]),
+          "max_rel_diff": worst,
+          "max_rel_diff_note": "max |diff| / max |1-device value| per result array (CKA, val MSE path, "
+          "cosine, MLP val loss), float32, every count vs 1 device",
+          "counts": counts,
+          "per_count": {str(n): per[n] for n in counts},
+          "note": (
+              "forced CPU devices share the machine's real cores: times show partitioning cost, not speed-up"
+              if on_cpu
+              else "one accelerator: single-device figures only"
+          ),
+          "shape": shape(args.quick),
+          "backend": jax.default_backend(),
+          "cpu_count": os.cpu_count(),
+      }
+  )
 
 
 if __name__ == "__main__":

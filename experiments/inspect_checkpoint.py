@@ -35,7 +35,9 @@ flags.DEFINE_string("target", None, "Target model of the stitch to export.")
 
 
 def _steps(d: Path) -> list[int]:
-  return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and (p / "meta").exists())
+  return sorted(
+      int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and (p / "meta").exists()
+  )
 
 
 def find_runs(root: Path) -> list[tuple[str, Path]]:
@@ -59,7 +61,7 @@ def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
     for i, v in enumerate(tree):
       out.update(_flatten(v, f"{prefix}{i}."))
   else:
-    out[prefix[:-1]] = np.array(tree, copy=True)           # keeps 0-d scalars 0-d
+    out[prefix[:-1]] = np.array(tree, copy=True)  # keeps 0-d scalars 0-d
   return out
 
 
@@ -69,7 +71,9 @@ def mlp_pairs(d: Path, step: int | None):
 
   state, meta = mlp_checkpoint.restore_any(d, step)
   cfg = mlp.StitchConfig(**meta["stitch"])
-  plan = mlp.make_plan(meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group"))
+  plan = mlp.make_plan(
+      meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group")
+  )
   names = meta["names"]
   best_val = mlp.per_pair(state, plan, ("best", "val"))
   best_step = mlp.per_pair(state, plan, ("best", "step"))
@@ -78,9 +82,18 @@ def mlp_pairs(d: Path, step: int | None):
   rows = []
   for k, (s, t) in enumerate(plan.pairs):
     h = np.asarray(hist[k])
-    rows.append({"source": names[s], "target": names[t], "d_in": plan.dims[s], "d_out": plan.dims[t],
-                 "best_val_loss": float(best_val[k]), "best_step": int(best_step[k]),
-                 "stopped_at": int(stopped[k]), "last_val_loss": float(h[np.isfinite(h)][-1]) if np.isfinite(h).any() else np.nan})
+    rows.append(
+        {
+            "source": names[s],
+            "target": names[t],
+            "d_in": plan.dims[s],
+            "d_out": plan.dims[t],
+            "best_val_loss": float(best_val[k]),
+            "best_step": int(best_step[k]),
+            "stopped_at": int(stopped[k]),
+            "last_val_loss": float(h[np.isfinite(h)][-1]) if np.isfinite(h).any() else np.nan,
+        }
+    )
   return meta, state, plan, cfg, rows
 
 
@@ -96,22 +109,35 @@ def print_run(kind: str, d: Path) -> None:
         if (d / f"{stem}.parquet").exists():
           df = pd.read_parquet(d / f"{stem}.parquet")
           ch = df[df.chosen.astype(bool) & df.metric.isin(["mse", "r2", "cos"])]
-          print(ch.pivot_table(index=["source", "target", "method"], columns="metric", values="value").to_string())
+          print(
+              ch.pivot_table(
+                  index=["source", "target", "method"], columns="metric", values="value"
+              ).to_string()
+          )
     return
   from lead_jax.stitch import mlp_checkpoint
 
   steps = _steps(d)
   meta = mlp_checkpoint.read_meta(d, steps[-1])
-  print(f"{d}: MLP run {meta['method']}, steps {steps}, {len(meta['pairs'])} pairs, models {meta['names']}")
+  print(
+      f"{d}: MLP run {meta['method']}, steps {steps}, {len(meta['pairs'])} pairs, models {meta['names']}"
+  )
   if FLAGS.pairs:
     meta, _, _, _, rows = mlp_pairs(d, FLAGS.step)
-    print("config:", json.dumps({"stitch": meta["stitch"], "train": meta["train"], "layout": meta.get("layout")}))
+    print(
+        "config:",
+        json.dumps(
+            {"stitch": meta["stitch"], "train": meta["train"], "layout": meta.get("layout")}
+        ),
+    )
     print(pd.DataFrame(rows).to_string(index=False))
     res = d.parent.parent / "mlp_results.parquet"
     if res.exists():
       df = pd.read_parquet(res)
       df = df[(df.method == meta["method"]) & df.metric.isin(["mse", "r2_vw", "cos"])]
-      print(df.pivot_table(index=["source", "target"], columns="metric", values="value").to_string())
+      print(
+          df.pivot_table(index=["source", "target"], columns="metric", values="value").to_string()
+      )
 
 
 def export(kind: str, d: Path, path: str) -> None:
@@ -121,8 +147,10 @@ def export(kind: str, d: Path, path: str) -> None:
     tree, info = stitch_io.load_stitches(d)
     match = [i for i in info if i["source"] == FLAGS.source and i["target"] == FLAGS.target]
     if not match:
-      raise ValueError(f"{d}: no stitch {FLAGS.source} → {FLAGS.target}; pairs: "
-                       f"{[(i['source'], i['target']) for i in info]}")
+      raise ValueError(
+          f"{d}: no stitch {FLAGS.source} → {FLAGS.target}; pairs: "
+          f"{[(i['source'], i['target']) for i in info]}"
+      )
     arrays = _flatten(tree[match[0]["key"]])
   else:
     from lead_jax.stitch import mlp
@@ -134,17 +162,22 @@ def export(kind: str, d: Path, path: str) -> None:
     except ValueError:
       raise ValueError(f"{d}: no stitch {FLAGS.source} → {FLAGS.target}; models {names}") from None
     s, t = plan.pairs[k]
-    params = mlp.unpad_params(mlp.per_pair(state, plan, "best_params")[k], plan.dims[s], plan.dims[t], cfg)
+    params = mlp.unpad_params(
+        mlp.per_pair(state, plan, "best_params")[k], plan.dims[s], plan.dims[t], cfg
+    )
     arrays = _flatten(params)
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file
+
     save_file(arrays, path)
   elif path.endswith(".npz"):
     np.savez(path, **arrays)
   else:
     raise ValueError(f"--export must end in .safetensors or .npz, got {path}")
-  print(f"exported {FLAGS.source} → {FLAGS.target} from {d} to {path}: "
-        + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
+  print(
+      f"exported {FLAGS.source} → {FLAGS.target} from {d} to {path}: "
+      + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
+  )
 
 
 def main(argv):

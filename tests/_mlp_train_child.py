@@ -3,6 +3,7 @@ SIGKILLing itself right after the checkpoint at ``kill_at`` has been written.
 
     python tests/_mlp_train_child.py OUT_DIR [KILL_AT_STEP]
 """
+
 import os
 import signal
 import sys
@@ -13,8 +14,16 @@ from lead_jax.stitch import mlp, mlp_checkpoint
 
 DIMS, N, NV = (6, 6, 10), 256, 64
 CFG = mlp.StitchConfig(depth=2, layer_norm=True, residual=True)
-TCFG = mlp.TrainConfig(steps=60, batch_size=32, lr=3e-3, eval_every=10, warmup_steps=5, patience=3,
-                       grad_clip=1.0, seed=3)
+TCFG = mlp.TrainConfig(
+    steps=60,
+    batch_size=32,
+    lr=3e-3,
+    eval_every=10,
+    warmup_steps=5,
+    patience=3,
+    grad_clip=1.0,
+    seed=3,
+)
 
 
 def data():
@@ -33,7 +42,9 @@ def run(out, kill_at=None):
     if kill_at is not None and int(state["step"]) >= kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
 
-  return mlp_checkpoint.fit(out, plan, train, val, CFG, TCFG, ["a", "b", "c"], save_every=20, on_eval=hook)
+  return mlp_checkpoint.fit(
+      out, plan, train, val, CFG, TCFG, ["a", "b", "c"], save_every=20, on_eval=hook
+  )
 
 
 if __name__ == "__main__":

@@ -49,15 +49,23 @@ def fit_rel(got, ref):
     keep = np.ones(np.shape(r["b"])[:2], bool)
     if a == b:
       np.fill_diagonal(keep, False)
-    worst = max(worst, rel([np.asarray(g["W"])[keep], np.asarray(g["b"])[keep]],
-                           [np.asarray(r["W"])[keep], np.asarray(r["b"])[keep]]))
+    worst = max(
+        worst,
+        rel(
+            [np.asarray(g["W"])[keep], np.asarray(g["b"])[keep]],
+            [np.asarray(r["W"])[keep], np.asarray(r["b"])[keep]],
+        ),
+    )
   return worst
 
 
 def correlated(dims, n, seed=0):
   rng = np.random.default_rng(seed)
   z = rng.normal(size=(n, 12))
-  return [z @ rng.normal(size=(12, d)) + 0.5 * rng.normal(size=(n, d)) + rng.normal(size=d) for d in dims]
+  return [
+      z @ rng.normal(size=(12, d)) + 0.5 * rng.normal(size=(n, d)) + rng.normal(size=d)
+      for d in dims
+  ]
 
 
 def main():
@@ -73,11 +81,15 @@ def main():
   # CKA: rows sharded over data; Gram blocks are psums.
   ref = cka_lib.cka_all_pairs(xs, control_dim=8, dtype=jnp.float64)
   for name, m in meshes.items():
-    out[f"cka_{name}"] = rel(cka_lib.cka_all_pairs(xs, control_dim=8, dtype=jnp.float64, mesh=m), ref)
+    out[f"cka_{name}"] = rel(
+        cka_lib.cka_all_pairs(xs, control_dim=8, dtype=jnp.float64, mesh=m), ref
+    )
   # Inputs that arrive already row-sharded (as global arrays of a multi-process run do).
   sh = jax.sharding.NamedSharding(meshes["data8"], jax.sharding.PartitionSpec("data", None))
-  out["cka_presharded"] = rel(cka_lib.cka_all_pairs([jax.device_put(x, sh) for x in xs], control_dim=8,
-                                                    dtype=jnp.float64), ref)
+  out["cka_presharded"] = rel(
+      cka_lib.cka_all_pairs([jax.device_put(x, sh) for x in xs], control_dim=8, dtype=jnp.float64),
+      ref,
+  )
 
   # Ridge / OLS / Procrustes / controls / row metrics for every pair.
   kw = dict(control_dim=8, dtype=jnp.float64)
@@ -86,9 +98,23 @@ def main():
     out[f"ridge_{name}"] = fit_rel(cf.fit_all_pairs(tr, va, lam, mesh=m, **kw), ref)
   # The sharded program really is distributed: a cross-device reduction over rows.
   layout = cf.gram_lib.make_layout(list(dims) + [8])
-  hlo = cf._fit_impl.lower(tuple(jnp.asarray(x) for x in tr), tuple(jnp.asarray(x) for x in va),
-                           jnp.asarray(lam), layout=layout, control_dim=8, seed=0, rcond=None, procrustes=True,
-                           spectra=True, predictions=True, mesh=meshes["data4_pairs2"]).compile().as_text()
+  hlo = (
+      cf._fit_impl.lower(
+          tuple(jnp.asarray(x) for x in tr),
+          tuple(jnp.asarray(x) for x in va),
+          jnp.asarray(lam),
+          layout=layout,
+          control_dim=8,
+          seed=0,
+          rcond=None,
+          procrustes=True,
+          spectra=True,
+          predictions=True,
+          mesh=meshes["data4_pairs2"],
+      )
+      .compile()
+      .as_text()
+  )
   out["ridge_has_all_reduce"] = "all-reduce" in hlo
 
   # k-fold CV from per-fold Grams.
@@ -118,7 +144,7 @@ def main():
   n0 = mlp.train_chunk._cache_size()
   got = mlp.fit(plan, train, val, cfg, tcfg, mesh=meshes["data4_pairs2"])
   out["mlp_data4_pairs2"] = rel(got["groups"], ref["groups"])
-  out["mlp_new_traces"] = mlp.train_chunk._cache_size() - n0   # 4 chunks, one program
+  out["mlp_new_traces"] = mlp.train_chunk._cache_size() - n0  # 4 chunks, one program
   got = mlp.fit(plan, train, val, cfg, tcfg, mesh=meshes["pairs8"])
   out["mlp_pairs8"] = rel(got["groups"], ref["groups"])
   print(json.dumps(out))

@@ -1,6 +1,5 @@
 """CKA against explicit N×N HSIC references (sharding: tests/test_sharding.py)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,14 +14,26 @@ def hsic_u(k, l):
   np.fill_diagonal(k, 0)
   np.fill_diagonal(l, 0)
   o = np.ones(n)
-  return (np.trace(k @ l) + (o @ k @ o) * (o @ l @ o) / ((n - 1) * (n - 2)) - 2 / (n - 2) * o @ k @ l @ o) / (n * (n - 3))
+  return (
+      np.trace(k @ l)
+      + (o @ k @ o) * (o @ l @ o) / ((n - 1) * (n - 2))
+      - 2 / (n - 2) * o @ k @ l @ o
+  ) / (n * (n - 3))
 
 
 def ref_cka(xs):
   n = xs[0].shape[0]
   h = np.eye(n) - 1.0 / n
   ks = [x @ x.T for x in xs]
-  lin = np.array([[np.trace(h @ a @ h @ b) / np.sqrt(np.trace(h @ a @ h @ a) * np.trace(h @ b @ h @ b)) for b in ks] for a in ks])
+  lin = np.array(
+      [
+          [
+              np.trace(h @ a @ h @ b) / np.sqrt(np.trace(h @ a @ h @ a) * np.trace(h @ b @ h @ b))
+              for b in ks
+          ]
+          for a in ks
+      ]
+  )
   deb = np.array([[hsic_u(a, b) / np.sqrt(hsic_u(a, a) * hsic_u(b, b)) for b in ks] for a in ks])
   return lin, deb
 
@@ -30,7 +41,10 @@ def ref_cka(xs):
 def _xs(n=60, seed=0):
   rng = np.random.default_rng(seed)
   lat = rng.normal(size=(n, 4))
-  return [lat @ rng.normal(size=(4, d)) + rng.normal(size=(n, d)) + 5 * rng.normal(size=d) for d in (6, 9, 6, 3)]
+  return [
+      lat @ rng.normal(size=(4, d)) + rng.normal(size=(n, d)) + 5 * rng.normal(size=d)
+      for d in (6, 9, 6, 3)
+  ]
 
 
 def test_matches_explicit_kernels_float64():
@@ -57,7 +71,9 @@ def test_orthogonal_and_isotropic_scale_invariance():
   x = rng.normal(size=(80, 8))
   q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
   with jax.enable_x64(True):
-    out = cka_lib.cka_all_pairs([x, x @ q, 7.5 * x + 3.0, rng.normal(size=(80, 5))], control_dim=None, dtype=np.float64)
+    out = cka_lib.cka_all_pairs(
+        [x, x @ q, 7.5 * x + 3.0, rng.normal(size=(80, 5))], control_dim=None, dtype=np.float64
+    )
   for kind in ("linear", "debiased"):
     a = np.asarray(out[kind])
     np.testing.assert_allclose(a[0, 1], 1.0, rtol=1e-12)
@@ -68,8 +84,10 @@ def test_orthogonal_and_isotropic_scale_invariance():
 def test_from_stats_under_jit():
   xs = [x - x.mean(0) for x in _xs()]
   f2 = np.array([[np.linalg.norm(a.T @ b) ** 2 for b in xs] for a in xs])
-  r = np.stack([(x ** 2).sum(1) for x in xs])
+  r = np.stack([(x**2).sum(1) for x in xs])
   with jax.enable_x64(True):
-    out = jax.jit(cka_lib.cka_from_stats, static_argnums=3)(jnp.asarray(f2), jnp.asarray(r @ r.T), jnp.asarray(r.sum(1)), 60)
+    out = jax.jit(cka_lib.cka_from_stats, static_argnums=3)(
+        jnp.asarray(f2), jnp.asarray(r @ r.T), jnp.asarray(r.sum(1)), 60
+    )
   lin, deb = ref_cka(xs)
   np.testing.assert_allclose(np.asarray(out["debiased"]), deb, rtol=1e-9)

@@ -13,7 +13,10 @@ LAMS = np.array([0.0, 1e-3, 1e-1, 10.0])
 def _data(dims, n, seed=0, noise=0.3):
   rng = np.random.default_rng(seed)
   lat = rng.normal(size=(n, 5))
-  return [lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d) for d in dims]
+  return [
+      lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d)
+      for d in dims
+  ]
 
 
 def ref_ridge(x, y, lam):
@@ -31,11 +34,16 @@ def ref_ridge(x, y, lam):
 
 def ref_metrics(y, p):
   r = y - p
-  sse = (r ** 2).sum(0)
+  sse = (r**2).sum(0)
   sst = ((y - y.mean(0)) ** 2).sum(0)
-  return {"mse": (r ** 2).mean(), "r2": np.mean(1 - sse / sst), "r2_vw": 1 - sse.sum() / sst.sum(),
-          "mae": np.abs(r).mean(), "eav": 1 - np.abs(r).sum() / np.abs(y - np.median(y, 0)).sum(),
-          "cos": np.mean((p * y).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(y, axis=1))}
+  return {
+      "mse": (r**2).mean(),
+      "r2": np.mean(1 - sse / sst),
+      "r2_vw": 1 - sse.sum() / sst.sum(),
+      "mae": np.abs(r).mean(),
+      "eav": 1 - np.abs(r).sum() / np.abs(y - np.median(y, 0)).sum(),
+      "cos": np.mean((p * y).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(y, axis=1)),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +67,17 @@ def test_ridge_path_matches_numpy(fitted):
         w, b = ref_ridge(tr[i], tr[j], lam)
         ref = ref_metrics(va[j], va[i] @ w + b)
         for m in ("mse", "r2", "r2_vw"):
-          np.testing.assert_allclose(out["ridge"][m][i, j, l], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j} λ={lam}")
+          np.testing.assert_allclose(
+              out["ridge"][m][i, j, l], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j} λ={lam}"
+          )
       l = int(out["chosen"]["lambda_index"][i, j])
       assert l == int(np.argmin(out["ridge"]["mse"][i, j]))
       w, b = ref_ridge(tr[i], tr[j], LAMS[l])
       ref = ref_metrics(va[j], va[i] @ w + b)
       for m in ("mae", "eav", "cos"):
-        np.testing.assert_allclose(out["chosen"][m][i, j], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j}")
+        np.testing.assert_allclose(
+            out["chosen"][m][i, j], ref[m], rtol=1e-8, err_msg=f"{m} {i}->{j}"
+        )
   assert np.all(np.isnan(np.diagonal(out["ridge"]["mse"], axis1=0, axis2=1)))
 
 
@@ -81,12 +93,14 @@ def test_stitches_and_w_diagnostics(fitted):
     np.testing.assert_allclose(tree[rec["key"]]["W"], w_ref, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(tree[rec["key"]]["b"], b_ref, rtol=1e-7, atol=1e-9)
     sv = np.linalg.svd(w_ref, compute_uv=False)
-    np.testing.assert_allclose(out["spectra"][i, j, :len(sv)], sv, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(out["spectra"][i, j, : len(sv)], sv, rtol=1e-6, atol=1e-9)
     d_b = w_ref.shape[1]
     orth = np.linalg.norm(w_ref.T @ w_ref - np.eye(d_b)) / np.sqrt(d_b)
     np.testing.assert_allclose(out["chosen"]["orth_dev"][i, j], orth, rtol=1e-7)
     np.testing.assert_allclose(out["chosen"]["bias_norm"][i, j], np.linalg.norm(b_ref), rtol=1e-7)
-    np.testing.assert_allclose(out["chosen"]["target_mean_norm"][i, j], np.linalg.norm(tr[j].mean(0)), rtol=1e-10)
+    np.testing.assert_allclose(
+        out["chosen"]["target_mean_norm"][i, j], np.linalg.norm(tr[j].mean(0)), rtol=1e-10
+    )
 
 
 def test_lambda0_is_min_norm_lstsq_when_rank_deficient():
@@ -94,10 +108,16 @@ def test_lambda0_is_min_norm_lstsq_when_rank_deficient():
   xs = _data([30, 4], 20, seed=3)
   tr, va = [x[:12] for x in xs], [x[12:] for x in xs]
   with jax.enable_x64(True):
-    out = cf.fit_all_pairs(tr, va, np.array([0.0, 1.0]), control_dim=None, dtype=np.float64, procrustes=False)
+    out = cf.fit_all_pairs(
+        tr, va, np.array([0.0, 1.0]), control_dim=None, dtype=np.float64, procrustes=False
+    )
   xc, yc = tr[0] - tr[0].mean(0), tr[1] - tr[1].mean(0)
   for l, lam in enumerate([0.0, 1.0]):
-    w = np.linalg.lstsq(xc, yc, rcond=None)[0] if lam == 0 else np.linalg.solve(xc.T @ xc + lam * np.eye(30), xc.T @ yc)
+    w = (
+        np.linalg.lstsq(xc, yc, rcond=None)[0]
+        if lam == 0
+        else np.linalg.solve(xc.T @ xc + lam * np.eye(30), xc.T @ yc)
+    )
     b = tr[1].mean(0) - tr[0].mean(0) @ w
     ref = ref_metrics(va[1], va[0] @ w + b)
     np.testing.assert_allclose(np.asarray(out["ridge"]["mse"])[0, 1, l], ref["mse"], rtol=1e-7)
@@ -105,8 +125,9 @@ def test_lambda0_is_min_norm_lstsq_when_rank_deficient():
 
 def test_float32_within_1e3(fitted):
   tr, va, out64 = fitted
-  out32 = cf.fit_all_pairs([x.astype(np.float32) for x in tr], [x.astype(np.float32) for x in va],
-                           LAMS, control_dim=5)
+  out32 = cf.fit_all_pairs(
+      [x.astype(np.float32) for x in tr], [x.astype(np.float32) for x in va], LAMS, control_dim=5
+  )
   for m in ("mse", "r2_vw"):
     a, b = np.asarray(out32["ridge"][m])[:4, :4, 1:], out64["ridge"][m][:4, :4, 1:]
     off = ~np.isnan(b)
@@ -117,11 +138,16 @@ def test_procrustes_recovers_planted_rotation():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(300, 8)) * np.linspace(1, 3, 8)
   q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
-  q_pad = np.linalg.qr(rng.normal(size=(12, 8)))[0].T            # [8, 12], orthonormal rows
+  q_pad = np.linalg.qr(rng.normal(size=(12, 8)))[0].T  # [8, 12], orthonormal rows
   ys = [x @ q + 0.01 * rng.normal(size=(300, 8)), x @ q_pad]
   with jax.enable_x64(True):
-    out = cf.fit_all_pairs([x[:250]] + [y[:250] for y in ys], [x[250:]] + [y[250:] for y in ys],
-                           LAMS, control_dim=None, dtype=np.float64)
+    out = cf.fit_all_pairs(
+        [x[:250]] + [y[:250] for y in ys],
+        [x[250:]] + [y[250:] for y in ys],
+        LAMS,
+        control_dim=None,
+        dtype=np.float64,
+    )
     r, _ = cf.polar(jax.numpy.asarray((x - x.mean(0)).T @ (ys[0] - ys[0].mean(0))))
     r_pad, _ = jax.jit(cf.polar)(jax.numpy.asarray((x - x.mean(0)).T @ (ys[1] - ys[1].mean(0))))
   np.testing.assert_allclose(np.asarray(r), q, atol=1e-3)

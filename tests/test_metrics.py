@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from lead_jax.eval import metrics
 from lead_jax.stitch import closed_form as cf
@@ -14,23 +13,35 @@ LAMS = np.array([0.0, 1e-2, 1.0, 100.0])
 def _data(dims, n, seed=0, noise=0.3):
   rng = np.random.default_rng(seed)
   lat = rng.normal(size=(n, 5))
-  return [lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d) for d in dims]
+  return [
+      lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d)
+      for d in dims
+  ]
 
 
 def ref_fit_metrics(xtr, ytr, xv, yv, lam):
   xm, ym = xtr.mean(0), ytr.mean(0)
   xc, yc = xtr - xm, ytr - ym
-  w = np.linalg.lstsq(xc, yc, rcond=None)[0] if lam == 0 else np.linalg.solve(xc.T @ xc + lam * np.eye(xc.shape[1]), xc.T @ yc)
+  w = (
+      np.linalg.lstsq(xc, yc, rcond=None)[0]
+      if lam == 0
+      else np.linalg.solve(xc.T @ xc + lam * np.eye(xc.shape[1]), xc.T @ yc)
+  )
   p = (xv - xm) @ w + ym
   return ref_metrics(yv, p)
 
 
 def ref_metrics(y, p):
   r = y - p
-  sse = (r ** 2).sum(0)
+  sse = (r**2).sum(0)
   sst = ((y - y.mean(0)) ** 2).sum(0)
-  out = {"mse": (r ** 2).mean(), "r2": np.mean(1 - sse / sst), "r2_vw": 1 - sse.sum() / sst.sum(),
-         "mae": np.abs(r).mean(), "eav": 1 - np.abs(r).sum() / np.abs(y - np.median(y, 0)).sum()}
+  out = {
+      "mse": (r**2).mean(),
+      "r2": np.mean(1 - sse / sst),
+      "r2_vw": 1 - sse.sum() / sst.sum(),
+      "mae": np.abs(r).mean(),
+      "eav": 1 - np.abs(r).sum() / np.abs(y - np.median(y, 0)).sum(),
+  }
   with np.errstate(invalid="ignore", divide="ignore"):
     out["cos"] = np.mean((p * y).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(y, axis=1))
   return out
@@ -49,8 +60,12 @@ def test_controls_train_mean_and_zero():
   xs = _data([5, 7], 150, seed=2)
   tr, va = [x[:100] for x in xs], [x[100:] for x in xs]
   with jax.enable_x64(True):
-    on_val = jax.tree.map(np.asarray, cf.fit_all_pairs(tr, va, LAMS, control_dim=6, dtype=np.float64))
-    on_train = jax.tree.map(np.asarray, cf.fit_all_pairs(tr, tr, LAMS, control_dim=6, dtype=np.float64))
+    on_val = jax.tree.map(
+        np.asarray, cf.fit_all_pairs(tr, va, LAMS, control_dim=6, dtype=np.float64)
+    )
+    on_train = jax.tree.map(
+        np.asarray, cf.fit_all_pairs(tr, tr, LAMS, control_dim=6, dtype=np.float64)
+    )
   for j in range(2):
     # train-mean estimator: R² = 0 by construction on the train split, ≤ 0 on val.
     np.testing.assert_allclose(on_train["controls"]["train_mean"]["r2"][j], 0.0, atol=1e-12)
@@ -74,9 +89,9 @@ def test_planted_linear_map_recovers_expected_r2():
   x = rng.normal(size=(n, d_a))
   a = rng.normal(size=(d_a, d_b)) / np.sqrt(d_a)
   y = x @ a + sigma * rng.normal(size=(n, d_b)) + 2.0
-  signal = (a ** 2).sum(0)                              # per-dim var of x @ a
-  expect_vw = signal.sum() / (signal.sum() + d_b * sigma ** 2)
-  expect_avg = np.mean(signal / (signal + sigma ** 2))
+  signal = (a**2).sum(0)  # per-dim var of x @ a
+  expect_vw = signal.sum() / (signal.sum() + d_b * sigma**2)
+  expect_avg = np.mean(signal / (signal + sigma**2))
   out = cf.fit_all_pairs([x[:5000], y[:5000]], [x[5000:], y[5000:]], LAMS, control_dim=None)
   assert abs(float(out["chosen"]["r2_vw"][0, 1]) - expect_vw) < 0.02
   assert abs(float(out["chosen"]["r2"][0, 1]) - expect_avg) < 0.02
@@ -86,8 +101,13 @@ def test_kfold_matches_refit_per_fold():
   xs = _data([5, 7, 4], 103, seed=6)
   k = 4
   with jax.enable_x64(True):
-    cv = cf.cross_validate_all_pairs(xs, LAMS, n_folds=k, fold_seed=1, control_dim=3, dtype=np.float64)
-    cv = {**jax.tree.map(np.asarray, {k_: v for k_, v in cv.items() if k_ != "meta"}), "meta": cv["meta"]}
+    cv = cf.cross_validate_all_pairs(
+        xs, LAMS, n_folds=k, fold_seed=1, control_dim=3, dtype=np.float64
+    )
+    cv = {
+        **jax.tree.map(np.asarray, {k_: v for k_, v in cv.items() if k_ != "meta"}),
+        "meta": cv["meta"],
+    }
   idx, mask = metrics.fold_indices(103, k, 1)
   assert sorted(np.concatenate([i[m > 0] for i, m in zip(idx, mask)])) == list(range(103))
   for f in range(k):
@@ -97,14 +117,22 @@ def test_kfold_matches_refit_per_fold():
       for l, lam in enumerate(LAMS):
         ref = ref_fit_metrics(xs[i][tr_rows], xs[j][tr_rows], xs[i][val_rows], xs[j][val_rows], lam)
         for m in ("mse", "r2", "r2_vw"):
-          np.testing.assert_allclose(cv["folds"]["ridge"][m][f, i, j, l], ref[m], rtol=1e-7, err_msg=f"{m} f{f}")
+          np.testing.assert_allclose(
+              cv["folds"]["ridge"][m][f, i, j, l], ref[m], rtol=1e-7, err_msg=f"{m} f{f}"
+          )
       l = int(cv["folds"]["chosen"]["lambda_index"][f, i, j])
       assert l == int(np.argmin(cv["mean"]["ridge"]["mse"][i, j]))
-      ref = ref_fit_metrics(xs[i][tr_rows], xs[j][tr_rows], xs[i][val_rows], xs[j][val_rows], LAMS[l])
+      ref = ref_fit_metrics(
+          xs[i][tr_rows], xs[j][tr_rows], xs[i][val_rows], xs[j][val_rows], LAMS[l]
+      )
       for m in ("mae", "eav", "cos"):
-        np.testing.assert_allclose(cv["folds"]["chosen"][m][f, i, j], ref[m], rtol=1e-7, err_msg=f"{m} f{f}")
+        np.testing.assert_allclose(
+            cv["folds"]["chosen"][m][f, i, j], ref[m], rtol=1e-7, err_msg=f"{m} f{f}"
+        )
   np.testing.assert_allclose(cv["mean"]["chosen"]["mae"], cv["folds"]["chosen"]["mae"].mean(0))
-  np.testing.assert_allclose(cv["std"]["chosen"]["mae"], cv["folds"]["chosen"]["mae"].std(0, ddof=1))
+  np.testing.assert_allclose(
+      cv["std"]["chosen"]["mae"], cv["folds"]["chosen"]["mae"].std(0, ddof=1)
+  )
 
 
 def test_results_table_long_format():

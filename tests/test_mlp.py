@@ -1,4 +1,5 @@
 """MLP stitches: planted maps, vmapped = alone, pad = group, early stopping, SIGKILL resume."""
+
 import os
 import pathlib
 import subprocess
@@ -30,8 +31,15 @@ def _planted(kind):
   return [x, y]
 
 
-TCFG = mlp.TrainConfig(steps=1500, batch_size=128, lr=1e-2, end_lr_ratio=1e-3, weight_decay=0.0,
-                       eval_every=500, warmup_steps=50)
+TCFG = mlp.TrainConfig(
+    steps=1500,
+    batch_size=128,
+    lr=1e-2,
+    end_lr_ratio=1e-3,
+    weight_decay=0.0,
+    eval_every=500,
+    warmup_steps=50,
+)
 
 
 def _val_mse(kind, depth):
@@ -39,7 +47,9 @@ def _val_mse(kind, depth):
   st, plan, va = _fit(_planted(kind), 256, cfg, TCFG, pairs=[(0, 1)])
   mse = mlp.evaluate(st, plan, va, cfg)[0]["mse"]
   # The shared metric agrees with a float64 NumPy reference on the same predictions.
-  yhat, y = mlp.predict_val(tuple(g["best_params"] for g in st["groups"]), va, plan=plan, cfg=cfg)[0]
+  yhat, y = mlp.predict_val(tuple(g["best_params"] for g in st["groups"]), va, plan=plan, cfg=cfg)[
+      0
+  ]
   ref = np.mean((np.asarray(yhat[0], np.float64) - np.asarray(y[0], np.float64)) ** 2)
   np.testing.assert_allclose(mse, ref, rtol=1e-4, atol=1e-12)
   return mse
@@ -60,15 +70,27 @@ def _three_models():
   return [np.tanh(z @ rng.standard_normal((4, d)).astype(np.float32)) for d in (6, 6, 10)]
 
 
-@pytest.mark.parametrize("cfg", [
-    mlp.StitchConfig(depth=2, activation="relu"),
-    mlp.StitchConfig(depth=2, layer_norm=True, residual=True, objective="cosine"),
-    mlp.StitchConfig(depth=1, objective="infonce"),
-], ids=["mse_relu", "cos_ln_res", "infonce"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        mlp.StitchConfig(depth=2, activation="relu"),
+        mlp.StitchConfig(depth=2, layer_norm=True, residual=True, objective="cosine"),
+        mlp.StitchConfig(depth=1, objective="infonce"),
+    ],
+    ids=["mse_relu", "cos_ln_res", "infonce"],
+)
 def test_vmapped_equals_each_pair_alone(cfg):
   xs = _three_models()
-  tcfg = mlp.TrainConfig(steps=40, batch_size=16, lr=1e-2, eval_every=10, warmup_steps=4, patience=2,
-                         grad_clip=1.0, seed=7)
+  tcfg = mlp.TrainConfig(
+      steps=40,
+      batch_size=16,
+      lr=1e-2,
+      eval_every=10,
+      warmup_steps=4,
+      patience=2,
+      grad_clip=1.0,
+      seed=7,
+  )
   st, plan, _ = _fit(xs, 160, cfg, tcfg)
   assert len(plan.groups) == 3 and len(plan.pairs) == 6
   together = mlp.per_pair(st, plan, "params")
@@ -76,7 +98,7 @@ def test_vmapped_equals_each_pair_alone(cfg):
   for k, pair in enumerate(plan.pairs):
     alone, aplan, _ = _fit(xs, 160, cfg, tcfg, pairs=[pair])
     a = mlp.per_pair(alone, aplan, "params")[0]
-    assert mlp_checkpoint.state_max_abs_diff(init[k], together[k]) > 1e-3    # it trained
+    assert mlp_checkpoint.state_max_abs_diff(init[k], together[k]) > 1e-3  # it trained
     assert mlp_checkpoint.state_max_abs_diff(a, together[k]) <= 1e-5, pair
   # Same for the padded layout (one group, true widths masked).
   pst, pplan, _ = _fit(xs, 160, cfg, tcfg, layout="pad")
@@ -102,7 +124,7 @@ def test_early_stopping_masks_updates_inside_the_jit():
   for k, s in enumerate(stopped):
     if int(s) <= 0:
       continue
-    e = int(s) // tcfg.eval_every - 1                     # snapshot at the stopping step
+    e = int(s) // tcfg.eval_every - 1  # snapshot at the stopping step
     a = mlp.per_pair(snaps[e], plan, "params")[k]
     b = mlp.per_pair(snaps[-1], plan, "params")[k]
     assert mlp_checkpoint.state_max_abs_diff(a, b) == 0.0
@@ -121,12 +143,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   sys.path.insert(0, str(CHILD.parent))
   import _mlp_train_child as child
 
-  full = child.run(tmp_path / "full")                     # uninterrupted, in-process
+  full = child.run(tmp_path / "full")  # uninterrupted, in-process
   killed = _child(tmp_path / "killed", kill_at=30)
   assert killed.returncode == -9, killed.stderr[-2000:]
   mngr = mlp_checkpoint.manager(tmp_path / "killed")
-  assert mngr.latest_step() == 20                          # saved at 20, killed after 30
-  partial = mlp_checkpoint.restore(mngr, mlp.make_plan(child.DIMS, child.CFG), child.CFG, child.TCFG)
+  assert mngr.latest_step() == 20  # saved at 20, killed after 30
+  partial = mlp_checkpoint.restore(
+      mngr, mlp.make_plan(child.DIMS, child.CFG), child.CFG, child.TCFG
+  )
   mngr.close()
   # The compared states differ before resuming, so the check below can fail.
   assert mlp_checkpoint.state_max_abs_diff(partial["groups"], full["groups"]) > 1e-3
@@ -154,5 +178,6 @@ def test_checkpoint_round_trip(tmp_path):
   assert meta["names"] == ["a", "b", "c"] and meta["pairs"][0] == [0, 1]
   tab = mlp.results_to_table(st, plan, va, cfg, meta["names"], dataset="toy")
   from lead_jax.eval import metrics
+
   assert list(tab.columns) == ["dataset", *metrics.TABLE_COLUMNS]
   assert set(tab["method"]) == {"mlp_d1_infonce"} and len(tab) == 6 * 9

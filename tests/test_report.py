@@ -1,4 +1,5 @@
 """End to end: run_all on a tiny config, then the HTML report opened in headless Chromium."""
+
 import json
 import os
 import pathlib
@@ -13,75 +14,126 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = pathlib.Path(os.environ.get("LEAD_JAX_MODELS", "~/.cache/lead_jax/models")).expanduser()
 ARTIFACTS = ROOT / "artifacts"
 
-pytestmark = pytest.mark.skipif(not (MODELS / "paraphrase-MiniLM-L3-v2").is_dir(),
-                                reason="offline models not installed: run `bash scripts/setup.sh`")
+pytestmark = pytest.mark.skipif(
+    not (MODELS / "paraphrase-MiniLM-L3-v2").is_dir(),
+    reason="offline models not installed: run `bash scripts/setup.sh`",
+)
 
 
 def run_all(out, *extra):
-    cmd = [sys.executable, str(ROOT / "experiments" / "run_all.py"), f"--out={out}",
-           "--models=paraphrase-MiniLM-L3-v2,wordllama", "--max_docs=200", "--n_train=150", "--n_val=50",
-           "--depths=1", "--mlp_steps=40", "--folds=2", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  cmd = [
+      sys.executable,
+      str(ROOT / "experiments" / "run_all.py"),
+      f"--out={out}",
+      "--models=paraphrase-MiniLM-L3-v2,wordllama",
+      "--max_docs=200",
+      "--n_train=150",
+      "--n_val=50",
+      "--depths=1",
+      "--mlp_steps=40",
+      "--folds=2",
+      *extra,
+  ]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    res = run_all(out)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    return out, res
+  out = tmp_path_factory.mktemp("run") / "tiny"
+  res = run_all(out)
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+  return out, res
 
 
 def test_smoke_run_all_produces_every_output_and_skips_on_rerun(tiny_run):
-    out, res = tiny_run
-    final = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(final["stage_seconds"]) == {"embed", "similarity", "closed_form", "mlp", "retrieval", "report"}
-    for rel in ("similarity/cka.npz", "closed_form/results.parquet", "closed_form/stitches.json",
-                "mlp_results.parquet", "retrieval/native.parquet", "retrieval/stitched.parquet",
-                "report/index.html", "report/summary.txt"):
-        assert (out / rel).exists(), rel
-    summary = (out / "report" / "summary.txt").read_text()
-    assert "train-mean estimator" in summary and "zero predictor" in summary
-    # a rerun finds every stage complete and redoes nothing
-    again = run_all(out)
-    assert again.returncode == 0
-    assert json.loads(again.stdout.strip().splitlines()[-1])["stage_seconds"] == {
-        s: 0.0 for s in final["stage_seconds"]}
+  out, res = tiny_run
+  final = json.loads(res.stdout.strip().splitlines()[-1])
+  assert set(final["stage_seconds"]) == {
+      "embed",
+      "similarity",
+      "closed_form",
+      "mlp",
+      "retrieval",
+      "report",
+  }
+  for rel in (
+      "similarity/cka.npz",
+      "closed_form/results.parquet",
+      "closed_form/stitches.json",
+      "mlp_results.parquet",
+      "retrieval/native.parquet",
+      "retrieval/stitched.parquet",
+      "report/index.html",
+      "report/summary.txt",
+  ):
+    assert (out / rel).exists(), rel
+  summary = (out / "report" / "summary.txt").read_text()
+  assert "train-mean estimator" in summary and "zero predictor" in summary
+  # a rerun finds every stage complete and redoes nothing
+  again = run_all(out)
+  assert again.returncode == 0
+  assert json.loads(again.stdout.strip().splitlines()[-1])["stage_seconds"] == {
+      s: 0.0 for s in final["stage_seconds"]
+  }
 
 
 def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.skip("chromium not installed: run `bash scripts/setup.sh --test`")
+  for name in ("chromium", "chromium-browser", "google-chrome"):
+    if shutil.which(name):
+      return shutil.which(name)
+  pytest.skip("chromium not installed: run `bash scripts/setup.sh --test`")
 
 
 def test_report_figures_load_in_headless_chromium(tiny_run, tmp_path):
-    out, _ = tiny_run
-    report = out / "report"
-    page = (report / "index.html").read_text()
-    srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(srcs) >= 5, srcs  # cka, stitch quality, spectra, mlp, retention
-    probe = report / "_probe.html"
-    probe.write_text(page.replace("</body>", """<script>
+  out, _ = tiny_run
+  report = out / "report"
+  page = (report / "index.html").read_text()
+  srcs = re.findall(r'<img src="([^"]+)"', page)
+  assert len(srcs) >= 5, srcs  # cka, stitch quality, spectra, mlp, retention
+  probe = report / "_probe.html"
+  probe.write_text(
+      page.replace(
+          "</body>",
+          """<script>
       window.addEventListener('load', () => {
         const r = [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);
         const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(r);
         document.body.appendChild(pre);
-      });</script></body>"""))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    chrome = _chromium()
-    dom = subprocess.run([chrome, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
-    m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert m, dom[-2000:]
-    loaded = json.loads(m.group(1).replace("&quot;", '"'))
-    assert [s for s, _, _ in loaded] == srcs
-    assert all(complete and width > 0 for _, complete, width in loaded), loaded
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report.png"
-    subprocess.run([chrome, *flags, "--window-size=1200,3000", f"--screenshot={shot}", (report / "index.html").as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 10_000
+      });</script></body>""",
+      )
+  )
+  flags = [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      f"--user-data-dir={tmp_path / 'profile'}",
+      "--virtual-time-budget=5000",
+  ]
+  chrome = _chromium()
+  dom = subprocess.run(
+      [chrome, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+  ).stdout
+  m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+  assert m, dom[-2000:]
+  loaded = json.loads(m.group(1).replace("&quot;", '"'))
+  assert [s for s, _, _ in loaded] == srcs
+  assert all(complete and width > 0 for _, complete, width in loaded), loaded
+  ARTIFACTS.mkdir(exist_ok=True)
+  shot = ARTIFACTS / "report.png"
+  subprocess.run(
+      [
+          chrome,
+          *flags,
+          "--window-size=1200,3000",
+          f"--screenshot={shot}",
+          (report / "index.html").as_uri(),
+      ],
+      capture_output=True,
+      timeout=120,
+  )
+  assert shot.exists() and shot.stat().st_size > 10_000

@@ -86,9 +86,14 @@ def test_sharded_search_matches_single_device():
       np.testing.assert_array_equal(k1, k2)
       print("OK")
   """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+  env = {
+      **os.environ,
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "JAX_PLATFORMS": "cpu",
+  }
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
@@ -96,8 +101,11 @@ def test_sharded_search_matches_single_device():
 
 
 def test_hand_computed_metrics():
-  qrels = R.qrels_from_dict({"q0": {"d1": 2, "d3": 1}, "q1": {"d2": 1, "d0": 0}, "q2": {"d0": 0}},
-                            ["q0", "q1", "q2"], ["d0", "d1", "d2", "d3"])
+  qrels = R.qrels_from_dict(
+      {"q0": {"d1": 2, "d3": 1}, "q1": {"d2": 1, "d0": 0}, "q2": {"d0": 0}},
+      ["q0", "q1", "q2"],
+      ["d0", "d1", "d2", "d3"],
+  )
   ranked = np.asarray([[0, 1, 2, 3], [2, 0, 1, 3], [0, 1, 2, 3]])
   per = R.ir_metrics_per_query(ranked, qrels)
   # q0: d1 (gain 2) at rank 2, d3 (gain 1) at rank 4; ideal: 2 at rank 1, 1 at rank 2
@@ -107,7 +115,7 @@ def test_hand_computed_metrics():
   assert per["recall@1"][0] == 0 and per["recall@10"][0] == 1 and per["mrr@10"][0] == 0.5
   # q1: its one relevant doc first
   assert per["ndcg@10"][1] == 1 and per["recall@1"][1] == 1 and per["mrr@10"][1] == 1
-  mean = R.mean_metrics(per, qrels)          # q2 has no relevant doc: not scored
+  mean = R.mean_metrics(per, qrels)  # q2 has no relevant doc: not scored
   assert R.scored_queries(qrels).tolist() == [True, True, False]
   assert mean["ndcg@10"] == pytest.approx((dcg / idcg + 1) / 2)
   assert mean["mrr@10"] == pytest.approx(0.75) and mean["recall@1"] == pytest.approx(0.5)
@@ -129,7 +137,7 @@ def test_against_pytrec_eval():
   for i in range(n_q):
     judged = rng.choice(120, size=rng.integers(1, 6), replace=False)
     qrels_d[qids[i]] = {dids[d]: int(rng.integers(0, 3)) for d in judged}
-    qrels_d[qids[i]][dids[judged[0]]] = int(rng.integers(1, 3))   # ≥ 1 relevant
+    qrels_d[qids[i]][dids[judged[0]]] = int(rng.integers(1, 3))  # ≥ 1 relevant
   qrels = R.qrels_from_dict(qrels_d, qids, dids)
   mean, ids = R.evaluate(q, R.prepare_corpus(rows, dor, block=32), qrels)
   scores = R.doc_scores_reference(q, rows, dor)
@@ -139,24 +147,34 @@ def test_against_pytrec_eval():
   ev = pytrec_eval.RelevanceEvaluator(qrels_d, {"ndcg_cut.10", "recall.1,10,100"})
   res = ev.evaluate(run_full)
   rr = pytrec_eval.RelevanceEvaluator(qrels_d, {"recip_rank"}).evaluate(run_10)
-  ref = {"ndcg@10": np.mean([r["ndcg_cut_10"] for r in res.values()]),
-         "recall@1": np.mean([r["recall_1"] for r in res.values()]),
-         "recall@10": np.mean([r["recall_10"] for r in res.values()]),
-         "recall@100": np.mean([r["recall_100"] for r in res.values()]),
-         "mrr@10": np.mean([r["recip_rank"] for r in rr.values()])}
+  ref = {
+      "ndcg@10": np.mean([r["ndcg_cut_10"] for r in res.values()]),
+      "recall@1": np.mean([r["recall_1"] for r in res.values()]),
+      "recall@10": np.mean([r["recall_10"] for r in res.values()]),
+      "recall@100": np.mean([r["recall_100"] for r in res.values()]),
+      "mrr@10": np.mean([r["recip_rank"] for r in rr.values()]),
+  }
   for k, v in ref.items():
     assert mean[k] == pytest.approx(v, abs=1e-6), k
 
 
 def test_random_ranking_is_the_mean_over_all_orders():
-  qrels = R.qrels_from_dict({"a": {"d1": 2, "d4": 1, "d0": 0}, "b": {"d5": 1}},
-                            ["a", "b"], [f"d{i}" for i in range(6)])
+  qrels = R.qrels_from_dict(
+      {"a": {"d1": 2, "d4": 1, "d0": 0}, "b": {"d5": 1}}, ["a", "b"], [f"d{i}" for i in range(6)]
+  )
   perms = np.asarray(list(itertools.permutations(range(6))))
   closed = R.random_ranking_metrics(qrels)
   for qi, qid in enumerate(["a", "b"]):
-    rep = R.qrels_from_dict({f"{qid}{j}": {f"d{d}": g for d, g in zip(qrels.d[qrels.q == qi], qrels.grade[qrels.q == qi])}
-                             for j in range(len(perms))}, [f"{qid}{j}" for j in range(len(perms))],
-                            [f"d{i}" for i in range(6)])
+    rep = R.qrels_from_dict(
+        {
+            f"{qid}{j}": {
+                f"d{d}": g for d, g in zip(qrels.d[qrels.q == qi], qrels.grade[qrels.q == qi])
+            }
+            for j in range(len(perms))
+        },
+        [f"{qid}{j}" for j in range(len(perms))],
+        [f"d{i}" for i in range(6)],
+    )
     brute = R.ir_metrics_per_query(perms, rep)
     for k in R.METRICS:
       assert closed[k][qi] == pytest.approx(brute[k].mean(), abs=1e-12), (qid, k)
@@ -170,14 +188,16 @@ def _planted(d=32, n_docs=300, n_q=200, seed=0):
   rows, dor, centres = _chunked(rng, n_docs, d, max_chunks=2)
   rel = rng.integers(0, n_docs, n_q)
   q_a = centres[rel] + 0.7 * rng.normal(size=(n_q, d))
-  qrels = R.Qrels(np.arange(n_q, dtype=np.int32), rel.astype(np.int32), np.ones(n_q, np.int32), n_q, n_docs)
+  qrels = R.Qrels(
+      np.arange(n_q, dtype=np.int32), rel.astype(np.int32), np.ones(n_q, np.int32), n_q, n_docs
+  )
   rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
   return rows, dor, q_a, qrels, rot, rng
 
 
 def test_planted_rotation_and_identity_retention_one():
   rows, dor, q_a, qrels, rot, _ = _planted()
-  c_b, q_b = rows @ rot, q_a @ rot                       # model B = a rotation of model A
+  c_b, q_b = rows @ rot, q_a @ rot  # model B = a rotation of model A
   native_b, ids_b = R.evaluate(q_b, R.prepare_corpus(c_b, dor), qrels)
   assert native_b["ndcg@10"] > 0.5
   for w in (rot, np.eye(rot.shape[0])):
@@ -224,7 +244,9 @@ def test_translation_metrics_against_numpy():
   rng = np.random.default_rng(4)
   y = rng.normal(size=(50, 8)).astype(np.float32)
   m = R.translation_metrics(y * 3.0, y, block=16)
-  assert m["top1"] == 1.0 and m["mean_rank"] == 1.0 and m["mean_cos"] == pytest.approx(1.0, abs=1e-6)
+  assert (
+      m["top1"] == 1.0 and m["mean_rank"] == 1.0 and m["mean_cos"] == pytest.approx(1.0, abs=1e-6)
+  )
   p = y + 1.5 * rng.normal(size=y.shape).astype(np.float32)
   m = R.translation_metrics(p, y, block=16)
   pn = p / np.linalg.norm(p, axis=1, keepdims=True)
@@ -244,33 +266,53 @@ def test_mutual_knn():
   s = xn.astype(np.float64) @ xn.T
   np.fill_diagonal(s, -np.inf)
   np.testing.assert_array_equal(kx, np.argsort(-s, axis=1, kind="stable")[:, :5])
-  assert R.mutual_knn(kx, R.knn(x @ np.linalg.qr(rng.normal(size=(10, 10)))[0], 5)) == pytest.approx(1.0)
+  assert R.mutual_knn(
+      kx, R.knn(x @ np.linalg.qr(rng.normal(size=(10, 10)))[0], 5)
+  ) == pytest.approx(1.0)
   m = R.mutual_knn_all_pairs([x, x * 2.0, rng.normal(size=(80, 6))], 5)
   assert m[0, 1] == 1.0 and m[0, 0] == 1.0
-  assert m[0, 2] < 0.25                                     # chance is 5/79
+  assert m[0, 2] < 0.25  # chance is 5/79
 
 
 # ----------------------------------------------------------------------------- translate_store
 
 
 def _write(root, model, x, block_rows=16):
-  w = store.open_writer(root, "toy", "val", "corpus", model, n_rows=len(x), dim=x.shape[1],
-                        meta={"rows_digest": "rows-v1", "weights_digest": f"w-{model}"}, block_rows=block_rows)
+  w = store.open_writer(
+      root,
+      "toy",
+      "val",
+      "corpus",
+      model,
+      n_rows=len(x),
+      dim=x.shape[1],
+      meta={"rows_digest": "rows-v1", "weights_digest": f"w-{model}"},
+      block_rows=block_rows,
+  )
   for s in range(0, len(x), w.block_rows):
-    w.write(s, x[s:s + w.block_rows])
+    w.write(s, x[s : s + w.block_rows])
   w.finish()
 
 
 def _closed_form_dir(path, pairs):
   """A closed-form stitch directory in lead_jax.stitch.io's layout: pairs = [(src, tgt, W, b)]."""
   import orbax.checkpoint as ocp
+
   path.mkdir(parents=True)
   tree, info = {}, []
   for i, (s, t, w, b) in enumerate(pairs):
     key = f"pair_{i:03d}_{i + 1:03d}"
     tree[key] = {"W": w.astype(np.float32), "b": b.astype(np.float32), "lam": np.asarray(0.5)}
-    info.append({"key": key, "source": s, "target": t, "source_dim": w.shape[0], "target_dim": w.shape[1],
-                 "lam": 0.5})
+    info.append(
+        {
+            "key": key,
+            "source": s,
+            "target": t,
+            "source_dim": w.shape[0],
+            "target_dim": w.shape[1],
+            "lam": 0.5,
+        }
+    )
   c = ocp.StandardCheckpointer()
   c.save(path.absolute() / "stitches", tree)
   c.wait_until_finished()
@@ -283,6 +325,7 @@ def translate_run():
   sys.path.insert(0, os.path.join(ROOT, "experiments"))
   try:
     import translate_store
+
     yield translate_store.run
   finally:
     sys.path.remove(os.path.join(ROOT, "experiments"))
@@ -295,12 +338,22 @@ def test_translate_store_round_trip_resume_and_refusal(tmp_path, translate_run):
   _write(root, "A", xa)
   _write(root, "B", rng.normal(size=(50, 6)).astype(np.float32))
   w, b = rng.normal(size=(8, 6)), rng.normal(size=(6,))
-  ck = _closed_form_dir(tmp_path / "cf", [("A", "B", w, b), ("B", "A", rng.normal(size=(6, 8)), np.zeros(8))])
-  kw = dict(store_root=root, dataset="toy", split="val", kind="corpus", source="A", target="B", stitch=ck,
-            block_rows=16)
+  ck = _closed_form_dir(
+      tmp_path / "cf", [("A", "B", w, b), ("B", "A", rng.normal(size=(6, 8)), np.zeros(8))]
+  )
+  kw = dict(
+      store_root=root,
+      dataset="toy",
+      split="val",
+      kind="corpus",
+      source="A",
+      target="B",
+      stitch=ck,
+      block_rows=16,
+  )
   res = translate_run(**kw)
   assert res["complete"] and res["rows"] == 50
-  y = store.read_array(root, "toy", "val", "corpus", "A__to__B")          # aligned with A and B
+  y = store.read_array(root, "toy", "val", "corpus", "A__to__B")  # aligned with A and B
   np.testing.assert_allclose(y, xa @ w + b, rtol=1e-5, atol=1e-5)
   meta = store.read_meta(root, "toy", "val", "corpus", "A__to__B")
   assert meta["source_model"] == "A" and meta["target_model"] == "B" and meta["lam"] == 0.5

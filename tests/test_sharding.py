@@ -14,18 +14,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sharded_equals_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
-  res = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_sharding_child.py")], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=1200)
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="2",
+  )
+  res = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tests", "_sharding_child.py")],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+  )
   assert res.returncode == 0, res.stderr[-4000:]
   out = json.loads(res.stdout.strip().splitlines()[-1])
-  for key in ("cka_data8", "cka_data4_pairs2", "cka_pairs8", "cka_presharded", "ridge_data8",
-              "ridge_data4_pairs2", "kfold_data4_pairs2"):
-    assert out[key] <= 1e-9, (key, out[key])          # float64: identical up to summation order
+  for key in (
+      "cka_data8",
+      "cka_data4_pairs2",
+      "cka_pairs8",
+      "cka_presharded",
+      "ridge_data8",
+      "ridge_data4_pairs2",
+      "kfold_data4_pairs2",
+  ):
+    assert out[key] <= 1e-9, (key, out[key])  # float64: identical up to summation order
   for key in ("mlp_data4_pairs2", "mlp_pairs8"):
-    assert out[key] <= 1e-5, (key, out[key])          # float32 training, 40 Adam steps
-  assert out["ridge_has_all_reduce"]                   # rows really were split across devices
+    assert out[key] <= 1e-5, (key, out[key])  # float32 training, 40 Adam steps
+  assert out["ridge_has_all_reduce"]  # rows really were split across devices
   # No retrace per call: repeated calls reuse the compiled program; 4 MLP chunks, one program.
   assert out["fit_new_traces"] == 0 and out["cka_new_traces"] == 0
   assert out["mlp_new_traces"] == 1

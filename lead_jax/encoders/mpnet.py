@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,157 +35,168 @@ _HF_BUCKETS, _HF_MAX_DISTANCE = 32, 128
 
 @dataclasses.dataclass(frozen=True)
 class MPNetConfig:
-    vocab_size: int = 30527
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-5
-    max_position_embeddings: int = 514
-    relative_attention_num_buckets: int = 32
-    pad_token_id: int = 1
+  vocab_size: int = 30527
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  layer_norm_eps: float = 1e-5
+  max_position_embeddings: int = 514
+  relative_attention_num_buckets: int = 32
+  pad_token_id: int = 1
 
-    @classmethod
-    def from_hf_config(cls, cfg: Mapping[str, Any]) -> "MPNetConfig":
-        if cfg.get("model_type", "mpnet") not in MODEL_TYPES:
-            raise ValueError(f"MPNetConfig.from_hf_config: model_type {cfg.get('model_type')!r} is not mpnet")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        out = cls(**{k: v for k, v in cfg.items() if k in fields})
-        if out.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"MPNet hidden_act {out.hidden_act!r} is not supported")
-        if out.hidden_size % out.num_attention_heads:
-            raise ValueError(f"MPNet hidden_size {out.hidden_size} not divisible by {out.num_attention_heads} heads")
-        if out.relative_attention_num_buckets < _HF_BUCKETS:
-            # HF would index past the table; jax would silently clamp.
-            raise ValueError(f"MPNet relative_attention_num_buckets must be >= {_HF_BUCKETS} (HF buckets with 32)")
-        return out
+  @classmethod
+  def from_hf_config(cls, cfg: Mapping[str, Any]) -> MPNetConfig:
+    if cfg.get("model_type", "mpnet") not in MODEL_TYPES:
+      raise ValueError(
+          f"MPNetConfig.from_hf_config: model_type {cfg.get('model_type')!r} is not mpnet"
+      )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = cls(**{k: v for k, v in cfg.items() if k in fields})
+    if out.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"MPNet hidden_act {out.hidden_act!r} is not supported")
+    if out.hidden_size % out.num_attention_heads:
+      raise ValueError(
+          f"MPNet hidden_size {out.hidden_size} not divisible by {out.num_attention_heads} heads"
+      )
+    if out.relative_attention_num_buckets < _HF_BUCKETS:
+      # HF would index past the table; jax would silently clamp.
+      raise ValueError(
+          f"MPNet relative_attention_num_buckets must be >= {_HF_BUCKETS} (HF buckets with 32)"
+      )
+    return out
 
-    @property
-    def max_positions(self) -> int:
-        """Longest sequence the absolute position table covers (512 for mpnet-base)."""
-        return self.max_position_embeddings - self.pad_token_id - 1
+  @property
+  def max_positions(self) -> int:
+    """Longest sequence the absolute position table covers (512 for mpnet-base)."""
+    return self.max_position_embeddings - self.pad_token_id - 1
 
 
 def _dense(features: int, name: str, dtype: Any) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
-    # fp32 statistics and output; two-pass variance as torch computes it.
-    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name)
+  # fp32 statistics and output; two-pass variance as torch computes it.
+  return nn.LayerNorm(
+      epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name
+  )
 
 
 class MPNetSelfAttention(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_bld, bias_parts):
-        cfg = self.config
-        b, l, d = x_bld.shape
-        h = cfg.num_attention_heads
-        k = d // h
-        # Scale q instead of the [B,H,L,L] scores; same maths as HF.
-        q_blhk = (_dense(d, "q", self.dtype)(x_bld) * (k**-0.5)).reshape(b, l, h, k)
-        k_blhk = _dense(d, "k", self.dtype)(x_bld).reshape(b, l, h, k)
-        v_blhk = _dense(d, "v", self.dtype)(x_bld).reshape(b, l, h, k)
-        pos_hqk, mask_bk = bias_parts
-        scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
-        scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
-        probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
-        ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
-        return _dense(d, "o", self.dtype)(ctx_blhk.reshape(b, l, d))
+  @nn.compact
+  def __call__(self, x_bld, bias_parts):
+    cfg = self.config
+    b, l, d = x_bld.shape
+    h = cfg.num_attention_heads
+    k = d // h
+    # Scale q instead of the [B,H,L,L] scores; same maths as HF.
+    q_blhk = (_dense(d, "q", self.dtype)(x_bld) * (k**-0.5)).reshape(b, l, h, k)
+    k_blhk = _dense(d, "k", self.dtype)(x_bld).reshape(b, l, h, k)
+    v_blhk = _dense(d, "v", self.dtype)(x_bld).reshape(b, l, h, k)
+    pos_hqk, mask_bk = bias_parts
+    scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
+    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
+    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
+    ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
+    return _dense(d, "o", self.dtype)(ctx_blhk.reshape(b, l, d))
 
 
 class MPNetAttention(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_bld, bias_parts):
-        y_bld = MPNetSelfAttention(self.config, self.dtype, name="attn")(x_bld, bias_parts)
-        return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
+  @nn.compact
+  def __call__(self, x_bld, bias_parts):
+    y_bld = MPNetSelfAttention(self.config, self.dtype, name="attn")(x_bld, bias_parts)
+    return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
 
 
 class MPNetIntermediate(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_bld):
-        cfg = self.config
-        return ACTIVATIONS[cfg.hidden_act](_dense(cfg.intermediate_size, "dense", self.dtype)(x_bld))
+  @nn.compact
+  def __call__(self, x_bld):
+    cfg = self.config
+    return ACTIVATIONS[cfg.hidden_act](_dense(cfg.intermediate_size, "dense", self.dtype)(x_bld))
 
 
 class MPNetOutput(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, h_blf, x_bld):
-        y_bld = _dense(self.config.hidden_size, "dense", self.dtype)(h_blf)
-        return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
+  @nn.compact
+  def __call__(self, h_blf, x_bld):
+    y_bld = _dense(self.config.hidden_size, "dense", self.dtype)(h_blf)
+    return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
 
 
 class MPNetLayer(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_bld, bias_parts):
-        x_bld = MPNetAttention(self.config, self.dtype, name="attention")(x_bld, bias_parts)
-        h_blf = MPNetIntermediate(self.config, self.dtype, name="intermediate")(x_bld)
-        return MPNetOutput(self.config, self.dtype, name="output")(h_blf, x_bld)
+  @nn.compact
+  def __call__(self, x_bld, bias_parts):
+    x_bld = MPNetAttention(self.config, self.dtype, name="attention")(x_bld, bias_parts)
+    h_blf = MPNetIntermediate(self.config, self.dtype, name="intermediate")(x_bld)
+    return MPNetOutput(self.config, self.dtype, name="output")(h_blf, x_bld)
 
 
 class MPNetEmbeddings(nn.Module):
-    config: MPNetConfig
+  config: MPNetConfig
 
-    @nn.compact
-    def __call__(self, input_ids):
-        cfg = self.config
-        # create_position_ids_from_input_ids: cumsum over non-pad ids, offset by padding_idx.
-        keep_bl = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-        pos_bl = jnp.cumsum(keep_bl, axis=1) * keep_bl + cfg.pad_token_id
-        embed = lambda n, name: nn.Embed(n, cfg.hidden_size, param_dtype=jnp.float32, name=name)
-        x_bld = embed(cfg.vocab_size, "word_embeddings")(input_ids)
-        x_bld = x_bld + embed(cfg.max_position_embeddings, "position_embeddings")(pos_bl)
-        return _layer_norm(cfg.layer_norm_eps, "LayerNorm")(x_bld)
+  @nn.compact
+  def __call__(self, input_ids):
+    cfg = self.config
+    # create_position_ids_from_input_ids: cumsum over non-pad ids, offset by padding_idx.
+    keep_bl = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+    pos_bl = jnp.cumsum(keep_bl, axis=1) * keep_bl + cfg.pad_token_id
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, param_dtype=jnp.float32, name=name)
+    x_bld = embed(cfg.vocab_size, "word_embeddings")(input_ids)
+    x_bld = x_bld + embed(cfg.max_position_embeddings, "position_embeddings")(pos_bl)
+    return _layer_norm(cfg.layer_norm_eps, "LayerNorm")(x_bld)
 
 
 class MPNetEncoder(nn.Module):
-    config: MPNetConfig
-    dtype: Any = jnp.float32
+  config: MPNetConfig
+  dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_bld, attention_mask):
-        cfg = self.config
-        l = x_bld.shape[1]
-        table_nh = self.param(
-            "relative_attention_bias",
-            nn.initializers.normal(0.02),
-            (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
-            jnp.float32,
-        )
-        bias_parts = (position_bias_hqk(table_nh, l, l, _HF_BUCKETS, _HF_MAX_DISTANCE), mask_bias_bk(attention_mask))
-        for i in range(cfg.num_hidden_layers):
-            x_bld = MPNetLayer(cfg, self.dtype, name=f"layer_{i}")(x_bld, bias_parts)
-        return x_bld
+  @nn.compact
+  def __call__(self, x_bld, attention_mask):
+    cfg = self.config
+    l = x_bld.shape[1]
+    table_nh = self.param(
+        "relative_attention_bias",
+        nn.initializers.normal(0.02),
+        (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
+        jnp.float32,
+    )
+    bias_parts = (
+        position_bias_hqk(table_nh, l, l, _HF_BUCKETS, _HF_MAX_DISTANCE),
+        mask_bias_bk(attention_mask),
+    )
+    for i in range(cfg.num_hidden_layers):
+      x_bld = MPNetLayer(cfg, self.dtype, name=f"layer_{i}")(x_bld, bias_parts)
+    return x_bld
 
 
 class MPNetModel(nn.Module):
-    """input_ids, attention_mask: int [B, L] → last hidden state fp32 [B, L, H]."""
+  """input_ids, attention_mask: int [B, L] → last hidden state fp32 [B, L, H]."""
 
-    config: MPNetConfig
-    dtype: Any = jnp.float32  # matmul dtype; params, LayerNorm, softmax and residual stay fp32
+  config: MPNetConfig
+  dtype: Any = jnp.float32  # matmul dtype; params, LayerNorm, softmax and residual stay fp32
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask):
-        if input_ids.shape[1] > self.config.max_positions:
-            raise ValueError(f"MPNet: sequence length {input_ids.shape[1]} exceeds the position table")
-        x_bld = MPNetEmbeddings(self.config, name="embeddings")(input_ids)
-        return MPNetEncoder(self.config, self.dtype, name="encoder")(x_bld, attention_mask)
+  @nn.compact
+  def __call__(self, input_ids, attention_mask):
+    if input_ids.shape[1] > self.config.max_positions:
+      raise ValueError(f"MPNet: sequence length {input_ids.shape[1]} exceeds the position table")
+    x_bld = MPNetEmbeddings(self.config, name="embeddings")(input_ids)
+    return MPNetEncoder(self.config, self.dtype, name="encoder")(x_bld, attention_mask)
 
 
 CONFIG_CLASS, MODEL_CLASS = MPNetConfig, MPNetModel
@@ -195,26 +207,26 @@ _EMBEDDINGS = ("word_embeddings", "position_embeddings", "relative_attention_bia
 
 
 def params_from_hf(state: Mapping[str, np.ndarray], config: MPNetConfig) -> dict:
-    """HF MPNet state dict (numpy, HF names, with or without "mpnet.") → {"params": ...}."""
-    params: dict = {}
-    for key, value in state.items():
-        key = key.removeprefix("mpnet.")
-        if not key.startswith(("embeddings.", "encoder.")) or key.endswith("position_ids"):
-            continue  # pooler, lm_head, classifier heads, buffers
-        *path, last = re.sub(r"\.(\d+)\.", r"_\1.", key).split(".")  # layer.3 → layer_3
-        value = np.asarray(value, dtype=np.float32)
-        if path[-1] in _EMBEDDINGS:
-            if path[-1] == "relative_attention_bias":
-                path, last = path[:-1], "relative_attention_bias"
-            else:
-                last = "embedding"
-        elif path[-1] == "LayerNorm":
-            last = {"weight": "scale", "bias": "bias"}[last]
-        elif last == "weight":
-            last, value = "kernel", value.T
-        node = params
-        for name in path:
-            node = node.setdefault(name, {})
-        node[last] = value
-    check_params_tree(params, MPNetModel(config), "MPNet")
-    return {"params": params}
+  """HF MPNet state dict (numpy, HF names, with or without "mpnet.") → {"params": ...}."""
+  params: dict = {}
+  for key, value in state.items():
+    key = key.removeprefix("mpnet.")
+    if not key.startswith(("embeddings.", "encoder.")) or key.endswith("position_ids"):
+      continue  # pooler, lm_head, classifier heads, buffers
+    *path, last = re.sub(r"\.(\d+)\.", r"_\1.", key).split(".")  # layer.3 → layer_3
+    value = np.asarray(value, dtype=np.float32)
+    if path[-1] in _EMBEDDINGS:
+      if path[-1] == "relative_attention_bias":
+        path, last = path[:-1], "relative_attention_bias"
+      else:
+        last = "embedding"
+    elif path[-1] == "LayerNorm":
+      last = {"weight": "scale", "bias": "bias"}[last]
+    elif last == "weight":
+      last, value = "kernel", value.T
+    node = params
+    for name in path:
+      node = node.setdefault(name, {})
+    node[last] = value
+  check_params_tree(params, MPNetModel(config), "MPNet")
+  return {"params": params}

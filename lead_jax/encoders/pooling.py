@@ -46,166 +46,185 @@ _ACTIVATION_ALIASES = {n.rsplit(".", 1)[-1]: n for n in DENSE_ACTIVATIONS}  # "T
 
 @dataclasses.dataclass(frozen=True)
 class PoolingSpec:
-    modes: tuple[str, ...] = ("mean",)  # concatenated in this order
-    include_prompt: bool = True
+  modes: tuple[str, ...] = ("mean",)  # concatenated in this order
+  include_prompt: bool = True
 
-    def __post_init__(self):
-        bad = [m for m in self.modes if m not in POOLING_MODES]
-        if bad or not self.modes:
-            raise ValueError(f"pooling modes {self.modes} invalid; known: {POOLING_MODES}")
+  def __post_init__(self):
+    bad = [m for m in self.modes if m not in POOLING_MODES]
+    if bad or not self.modes:
+      raise ValueError(f"pooling modes {self.modes} invalid; known: {POOLING_MODES}")
 
-    @classmethod
-    def from_st_config(cls, cfg: Mapping[str, Any]) -> "PoolingSpec":
-        """Parse a 1_Pooling/config.json dict (legacy booleans or new `pooling_mode`)."""
-        if "pooling_mode" in cfg:
-            pm = cfg["pooling_mode"]
-            modes = (pm,) if isinstance(pm, str) else tuple(pm)
-        else:
-            modes = tuple(mode for key, mode in _LEGACY_KEYS.items() if cfg.get(key, False)) or ("mean",)
-        return cls(modes=modes, include_prompt=bool(cfg.get("include_prompt", True)))
+  @classmethod
+  def from_st_config(cls, cfg: Mapping[str, Any]) -> PoolingSpec:
+    """Parse a 1_Pooling/config.json dict (legacy booleans or new `pooling_mode`)."""
+    if "pooling_mode" in cfg:
+      pm = cfg["pooling_mode"]
+      modes = (pm,) if isinstance(pm, str) else tuple(pm)
+    else:
+      modes = tuple(mode for key, mode in _LEGACY_KEYS.items() if cfg.get(key, False)) or ("mean",)
+    return cls(modes=modes, include_prompt=bool(cfg.get("include_prompt", True)))
 
 
 @dataclasses.dataclass(frozen=True)
 class DenseSpec:
-    in_features: int
-    out_features: int
-    bias: bool = True
-    activation_function: str = "torch.nn.modules.activation.Tanh"
-    use_residual: bool = False
+  in_features: int
+  out_features: int
+  bias: bool = True
+  activation_function: str = "torch.nn.modules.activation.Tanh"
+  use_residual: bool = False
 
-    def __post_init__(self):
-        if self.activation_function not in DENSE_ACTIVATIONS:
-            raise ValueError(f"Dense activation_function={self.activation_function!r} not supported; "
-                             f"known: {sorted(DENSE_ACTIVATIONS)}")
+  def __post_init__(self):
+    if self.activation_function not in DENSE_ACTIVATIONS:
+      raise ValueError(
+          f"Dense activation_function={self.activation_function!r} not supported; "
+          f"known: {sorted(DENSE_ACTIVATIONS)}"
+      )
 
-    @classmethod
-    def from_st_config(cls, cfg: Mapping[str, Any]) -> "DenseSpec":
-        for key in ("module_input_name", "module_output_name"):
-            if cfg.get(key) not in (None, "sentence_embedding"):
-                raise ValueError(f"Dense {key}={cfg[key]!r} unsupported (only 'sentence_embedding')")
-        act = cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"
-        act = _ACTIVATION_ALIASES.get(act, act)
-        return cls(in_features=int(cfg["in_features"]), out_features=int(cfg["out_features"]),
-                   bias=bool(cfg.get("bias", True)), activation_function=act,
-                   use_residual=bool(cfg.get("use_residual", False)))
+  @classmethod
+  def from_st_config(cls, cfg: Mapping[str, Any]) -> DenseSpec:
+    for key in ("module_input_name", "module_output_name"):
+      if cfg.get(key) not in (None, "sentence_embedding"):
+        raise ValueError(f"Dense {key}={cfg[key]!r} unsupported (only 'sentence_embedding')")
+    act = cfg.get("activation_function") or "torch.nn.modules.activation.Tanh"
+    act = _ACTIVATION_ALIASES.get(act, act)
+    return cls(
+        in_features=int(cfg["in_features"]),
+        out_features=int(cfg["out_features"]),
+        bias=bool(cfg.get("bias", True)),
+        activation_function=act,
+        use_residual=bool(cfg.get("use_residual", False)),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class STModules:
-    """What a sentence-transformers directory asks for after the Transformer module."""
+  """What a sentence-transformers directory asks for after the Transformer module."""
 
-    transformer_path: str = ""  # sub-directory holding config.json / weights ("" = model dir)
-    pooling: PoolingSpec | None = None
-    dense: tuple[tuple[str, DenseSpec], ...] = ()  # (sub-directory, spec) in pipeline order
-    normalize: bool = False
+  transformer_path: str = ""  # sub-directory holding config.json / weights ("" = model dir)
+  pooling: PoolingSpec | None = None
+  dense: tuple[tuple[str, DenseSpec], ...] = ()  # (sub-directory, spec) in pipeline order
+  normalize: bool = False
 
 
 def _read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: file not found") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
 def read_st_modules(model_dir: str | pathlib.Path) -> STModules | None:
-    """Parse modules.json (+ Pooling/Dense configs) or return None when the dir has none."""
-    model_dir = pathlib.Path(model_dir)
-    mpath = model_dir / "modules.json"
-    if not mpath.exists():
-        return None
-    modules = _read_json(mpath)
-    transformer_path, pooling, dense, normalize = "", None, [], False
-    for i, m in enumerate(modules):
-        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-        sub = m.get("path", "")
-        if kind == "Transformer":
-            transformer_path = sub
-        elif kind == "Pooling":
-            pooling = PoolingSpec.from_st_config(_read_json(model_dir / sub / "config.json"))
-        elif kind == "Dense":
-            try:
-                dense.append((sub, DenseSpec.from_st_config(_read_json(model_dir / sub / "config.json"))))
-            except (KeyError, ValueError) as e:
-                raise ValueError(f"{model_dir / sub / 'config.json'}: {e}") from None
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise ValueError(f"{mpath}: module {i} has type {m.get('type')!r}, which lead_jax does not support")
-    if pooling is not None and not pooling.include_prompt:
-        raise ValueError(f"{model_dir}: Pooling include_prompt=false is not supported")
-    return STModules(transformer_path, pooling, tuple(dense), normalize)
+  """Parse modules.json (+ Pooling/Dense configs) or return None when the dir has none."""
+  model_dir = pathlib.Path(model_dir)
+  mpath = model_dir / "modules.json"
+  if not mpath.exists():
+    return None
+  modules = _read_json(mpath)
+  transformer_path, pooling, dense, normalize = "", None, [], False
+  for i, m in enumerate(modules):
+    kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+    sub = m.get("path", "")
+    if kind == "Transformer":
+      transformer_path = sub
+    elif kind == "Pooling":
+      pooling = PoolingSpec.from_st_config(_read_json(model_dir / sub / "config.json"))
+    elif kind == "Dense":
+      try:
+        dense.append((sub, DenseSpec.from_st_config(_read_json(model_dir / sub / "config.json"))))
+      except (KeyError, ValueError) as e:
+        raise ValueError(f"{model_dir / sub / 'config.json'}: {e}") from None
+    elif kind == "Normalize":
+      normalize = True
+    else:
+      raise ValueError(
+          f"{mpath}: module {i} has type {m.get('type')!r}, which lead_jax does not support"
+      )
+  if pooling is not None and not pooling.include_prompt:
+    raise ValueError(f"{model_dir}: Pooling include_prompt=false is not supported")
+  return STModules(transformer_path, pooling, tuple(dense), normalize)
 
 
-def dense_params_from_state(state: Mapping[str, np.ndarray], spec: DenseSpec, where: str) -> dict[str, np.ndarray]:
-    """2_Dense state dict (linear.weight [out,in], linear.bias) -> {"kernel" [in,out], "bias"?, "residual"?}.
+def dense_params_from_state(
+    state: Mapping[str, np.ndarray], spec: DenseSpec, where: str
+) -> dict[str, np.ndarray]:
+  """2_Dense state dict (linear.weight [out,in], linear.bias) -> {"kernel" [in,out], "bias"?, "residual"?}.
 
-    `where` (the weight file's path) is named in errors.
-    """
-    w = state.get("linear.weight")
-    if w is None or w.shape != (spec.out_features, spec.in_features):
-        raise ValueError(f"{where}: linear.weight missing or shape {None if w is None else w.shape}, "
-                         f"expected {(spec.out_features, spec.in_features)}")
-    p = {"kernel": np.ascontiguousarray(np.asarray(w, np.float32).T)}
-    if spec.bias:
-        if "linear.bias" not in state:
-            raise ValueError(f"{where}: bias=true in config but linear.bias missing")
-        p["bias"] = np.asarray(state["linear.bias"], np.float32)
-    if spec.use_residual and spec.in_features != spec.out_features:
-        if "residual.weight" not in state:
-            raise ValueError(f"{where}: use_residual with in_features != out_features needs residual.weight")
-        p["residual"] = np.ascontiguousarray(np.asarray(state["residual.weight"], np.float32).T)
-    return p
+  `where` (the weight file's path) is named in errors.
+  """
+  w = state.get("linear.weight")
+  if w is None or w.shape != (spec.out_features, spec.in_features):
+    raise ValueError(
+        f"{where}: linear.weight missing or shape {None if w is None else w.shape}, "
+        f"expected {(spec.out_features, spec.in_features)}"
+    )
+  p = {"kernel": np.ascontiguousarray(np.asarray(w, np.float32).T)}
+  if spec.bias:
+    if "linear.bias" not in state:
+      raise ValueError(f"{where}: bias=true in config but linear.bias missing")
+    p["bias"] = np.asarray(state["linear.bias"], np.float32)
+  if spec.use_residual and spec.in_features != spec.out_features:
+    if "residual.weight" not in state:
+      raise ValueError(
+          f"{where}: use_residual with in_features != out_features needs residual.weight"
+      )
+    p["residual"] = np.ascontiguousarray(np.asarray(state["residual.weight"], np.float32).T)
+  return p
 
 
 # --------------------------------------------------------------------------- pure functions
 
 
-def pool(h_bld: jax.Array, attention_mask: jax.Array, modes: Sequence[str] = ("mean",)) -> jax.Array:
-    """[B,L,D] token states + [B,L] 0/1 mask -> [B, len(modes)*D] fp32, as sentence-transformers pools."""
-    h_bld = h_bld.astype(jnp.float32)
-    m_bl = attention_mask.astype(jnp.float32)
-    B, L, D = h_bld.shape
-    outs = []
-    for mode in modes:
-        if mode == "cls":  # first attended token (handles left padding)
-            first_b = jnp.argmax(attention_mask.astype(jnp.int32), axis=1)
-            outs.append(h_bld[jnp.arange(B), first_b])
-        elif mode == "lasttoken":  # last attended token; position L-1 if none
-            rev = attention_mask[:, ::-1].astype(jnp.int32)
-            idx_b = L - 1 - jnp.argmax(rev, axis=1)
-            idx_b = jnp.where(rev.max(axis=1) == 0, L - 1, idx_b)
-            outs.append((h_bld * m_bl[..., None])[jnp.arange(B), idx_b])
-        elif mode == "max":
-            outs.append(jnp.max(jnp.where(m_bl[..., None] > 0, h_bld, -jnp.inf), axis=1))
-        elif mode in ("mean", "mean_sqrt_len_tokens"):
-            s_bd = jnp.einsum("bld,bl->bd", h_bld, m_bl, precision=jax.lax.Precision.HIGHEST)
-            n_b1 = jnp.maximum(m_bl.sum(axis=1, keepdims=True), 1e-9)
-            outs.append(s_bd / (n_b1 if mode == "mean" else jnp.sqrt(n_b1)))
-        elif mode == "weightedmean":  # weights 1..L, shifted so the first attended token weighs 1
-            first_b1 = jnp.argmax(attention_mask.astype(jnp.int32), axis=1)[:, None]
-            w_bl = m_bl * (jnp.arange(1, L + 1, dtype=jnp.float32)[None, :] - first_b1)
-            s_bd = jnp.einsum("bld,bl->bd", h_bld, w_bl, precision=jax.lax.Precision.HIGHEST)
-            outs.append(s_bd / jnp.maximum(w_bl.sum(axis=1, keepdims=True), 1e-9))
-        else:
-            raise ValueError(f"unknown pooling mode {mode!r}")
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+def pool(
+    h_bld: jax.Array, attention_mask: jax.Array, modes: Sequence[str] = ("mean",)
+) -> jax.Array:
+  """[B,L,D] token states + [B,L] 0/1 mask -> [B, len(modes)*D] fp32, as sentence-transformers pools."""
+  h_bld = h_bld.astype(jnp.float32)
+  m_bl = attention_mask.astype(jnp.float32)
+  B, L, D = h_bld.shape
+  outs = []
+  for mode in modes:
+    if mode == "cls":  # first attended token (handles left padding)
+      first_b = jnp.argmax(attention_mask.astype(jnp.int32), axis=1)
+      outs.append(h_bld[jnp.arange(B), first_b])
+    elif mode == "lasttoken":  # last attended token; position L-1 if none
+      rev = attention_mask[:, ::-1].astype(jnp.int32)
+      idx_b = L - 1 - jnp.argmax(rev, axis=1)
+      idx_b = jnp.where(rev.max(axis=1) == 0, L - 1, idx_b)
+      outs.append((h_bld * m_bl[..., None])[jnp.arange(B), idx_b])
+    elif mode == "max":
+      outs.append(jnp.max(jnp.where(m_bl[..., None] > 0, h_bld, -jnp.inf), axis=1))
+    elif mode in ("mean", "mean_sqrt_len_tokens"):
+      s_bd = jnp.einsum("bld,bl->bd", h_bld, m_bl, precision=jax.lax.Precision.HIGHEST)
+      n_b1 = jnp.maximum(m_bl.sum(axis=1, keepdims=True), 1e-9)
+      outs.append(s_bd / (n_b1 if mode == "mean" else jnp.sqrt(n_b1)))
+    elif mode == "weightedmean":  # weights 1..L, shifted so the first attended token weighs 1
+      first_b1 = jnp.argmax(attention_mask.astype(jnp.int32), axis=1)[:, None]
+      w_bl = m_bl * (jnp.arange(1, L + 1, dtype=jnp.float32)[None, :] - first_b1)
+      s_bd = jnp.einsum("bld,bl->bd", h_bld, w_bl, precision=jax.lax.Precision.HIGHEST)
+      outs.append(s_bd / jnp.maximum(w_bl.sum(axis=1, keepdims=True), 1e-9))
+    else:
+      raise ValueError(f"unknown pooling mode {mode!r}")
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
 
 
 def dense(params: Mapping[str, jax.Array], x_bd: jax.Array, spec: DenseSpec) -> jax.Array:
-    """sentence-transformers Dense: act(x W^T + b) (+ residual)."""
-    y_be = jnp.einsum("bd,de->be", x_bd, params["kernel"], precision=jax.lax.Precision.HIGHEST)
-    if spec.bias:
-        y_be = y_be + params["bias"]
-    y_be = DENSE_ACTIVATIONS[spec.activation_function](y_be)
-    if spec.use_residual:
-        y_be = y_be + (x_bd if spec.in_features == spec.out_features else
-                       jnp.einsum("bd,de->be", x_bd, params["residual"], precision=jax.lax.Precision.HIGHEST))
-    return y_be
+  """sentence-transformers Dense: act(x W^T + b) (+ residual)."""
+  y_be = jnp.einsum("bd,de->be", x_bd, params["kernel"], precision=jax.lax.Precision.HIGHEST)
+  if spec.bias:
+    y_be = y_be + params["bias"]
+  y_be = DENSE_ACTIVATIONS[spec.activation_function](y_be)
+  if spec.use_residual:
+    y_be = y_be + (
+        x_bd
+        if spec.in_features == spec.out_features
+        else jnp.einsum("bd,de->be", x_bd, params["residual"], precision=jax.lax.Precision.HIGHEST)
+    )
+  return y_be
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """x / max(||x||, eps), like torch.nn.functional.normalize (sentence-transformers Normalize)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+  """x / max(||x||, eps), like torch.nn.functional.normalize (sentence-transformers Normalize)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)

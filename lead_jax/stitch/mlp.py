@@ -80,15 +80,15 @@ ACTIVATIONS = _registry([("gelu", jax.nn.gelu), ("relu", jax.nn.relu)])
 class StitchConfig:
   """Architecture and objective of one family of stitches (hashable: a jit static)."""
 
-  depth: int = 2                  # nonlinearities; depth + 1 dense layers
-  width: int | None = None        # hidden width; None → max(d_in, d_out)
+  depth: int = 2  # nonlinearities; depth + 1 dense layers
+  width: int | None = None  # hidden width; None → max(d_in, d_out)
   activation: str = "gelu"
   residual: bool = False
   layer_norm: bool = False
   objective: str = "mse"
-  temperature: float = 0.05       # InfoNCE τ (initial value when learned)
+  temperature: float = 0.05  # InfoNCE τ (initial value when learned)
   learn_temperature: bool = True
-  precision: str = "highest"      # matmul precision (TF32/bf16 defaults hurt small losses)
+  precision: str = "highest"  # matmul precision (TF32/bf16 defaults hurt small losses)
 
   def __post_init__(self):
     if not 0 <= self.depth <= MAX_DEPTH:
@@ -118,15 +118,15 @@ class TrainConfig:
   steps: int = 1000
   batch_size: int = 256
   lr: float = 1e-3
-  end_lr_ratio: float = 0.01      # final lr = lr · end_lr_ratio
+  end_lr_ratio: float = 0.01  # final lr = lr · end_lr_ratio
   warmup_steps: int = 50
-  weight_decay: float = 1e-4      # on weight matrices only
+  weight_decay: float = 1e-4  # on weight matrices only
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  grad_clip: float = 0.0          # global-norm clip per pair; 0 = off
-  eval_every: int = 100           # validation (and early-stopping check) period
-  patience: int = 0               # evaluations without improvement before a pair stops; 0 = never
+  grad_clip: float = 0.0  # global-norm clip per pair; 0 = off
+  eval_every: int = 100  # validation (and early-stopping check) period
+  patience: int = 0  # evaluations without improvement before a pair stops; 0 = never
   min_delta: float = 0.0
   seed: int = 0
 
@@ -152,11 +152,11 @@ class Group:
   d_in: int
   d_out: int
   width: int
-  pairs: tuple[tuple[int, int], ...]      # (source, target) model indices
-  src_local: tuple[int, ...]              # row of the source in the d_in stack
-  tgt_local: tuple[int, ...]              # row of the target in the d_out stack
-  pair_index: tuple[int, ...]             # position of each pair in Plan.pairs
-  true_dims: tuple[tuple[int, int, int], ...] = ()   # per pair (d_in, d_out, width) before padding
+  pairs: tuple[tuple[int, int], ...]  # (source, target) model indices
+  src_local: tuple[int, ...]  # row of the source in the d_in stack
+  tgt_local: tuple[int, ...]  # row of the target in the d_out stack
+  pair_index: tuple[int, ...]  # position of each pair in Plan.pairs
+  true_dims: tuple[tuple[int, int, int], ...] = ()  # per pair (d_in, d_out, width) before padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ class Plan:
 
   dims: tuple[int, ...]
   pairs: tuple[tuple[int, int], ...]
-  stacks: tuple[tuple[int, tuple[int, ...]], ...]     # (padded dim, member model indices)
+  stacks: tuple[tuple[int, tuple[int, ...]], ...]  # (padded dim, member model indices)
   groups: tuple[Group, ...]
   layout: str = "group"
 
@@ -176,8 +176,12 @@ class Plan:
 LAYOUTS = ("group", "pad")
 
 
-def make_plan(dims: Sequence[int], cfg: StitchConfig,
-              pairs: Sequence[tuple[int, int]] | None = None, layout: str = "group") -> Plan:
+def make_plan(
+    dims: Sequence[int],
+    cfg: StitchConfig,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    layout: str = "group",
+) -> Plan:
   """Lays out the ordered pairs (default: all s ≠ t) for :func:`train_chunk`.
 
   layout "group": pairs sharing (d_in, d_out) form one vmapped group (no wasted FLOPs,
@@ -211,16 +215,29 @@ def make_plan(dims: Sequence[int], cfg: StitchConfig,
     keyed.setdefault((pdims[s], pdims[t]), []).append(k)
   groups = []
   for (di, do), ks in sorted(keyed.items()):
-    true = tuple((dims[pairs[k][0]], dims[pairs[k][1]], cfg.width_for(dims[pairs[k][0]], dims[pairs[k][1]]))
-                 for k in ks)
+    true = tuple(
+        (dims[pairs[k][0]], dims[pairs[k][1]], cfg.width_for(dims[pairs[k][0]], dims[pairs[k][1]]))
+        for k in ks
+    )
     width = max(w for _, _, w in true)
-    groups.append(Group(di, do, width, tuple(pairs[k] for k in ks),
-                        tuple(local[pairs[k][0]] for k in ks), tuple(local[pairs[k][1]] for k in ks),
-                        tuple(ks), true))
+    groups.append(
+        Group(
+            di,
+            do,
+            width,
+            tuple(pairs[k] for k in ks),
+            tuple(local[pairs[k][0]] for k in ks),
+            tuple(local[pairs[k][1]] for k in ks),
+            tuple(ks),
+            true,
+        )
+    )
   return Plan(dims, pairs, tuple(stacks), tuple(groups), layout)
 
 
-def stack_data(xs: Sequence[jax.typing.ArrayLike], plan: Plan, dtype=jnp.float32) -> tuple[jax.Array, ...]:
+def stack_data(
+    xs: Sequence[jax.typing.ArrayLike], plan: Plan, dtype=jnp.float32
+) -> tuple[jax.Array, ...]:
   """Caller-order list of [N, d_i] → one ``[m_d, N, d]`` stack per distinct dim."""
   n = {int(np.shape(x)[0]) for x in xs}
   if len(n) != 1:
@@ -240,8 +257,13 @@ def _dot(a, b, cfg: StitchConfig):
   return jnp.matmul(a, b, precision=prec)
 
 
-def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig,
-              padded: tuple[int, int, int] | None = None) -> dict:
+def init_pair(
+    key: jax.Array,
+    d_in: int,
+    d_out: int,
+    cfg: StitchConfig,
+    padded: tuple[int, int, int] | None = None,
+) -> dict:
   """Parameters of one stitch: LeCun-normal weights (variance 1/fan_in), zero biases.
 
   ``padded`` = (D_in, D_out, W) embeds the true-shape parameters in zeros of the padded
@@ -252,13 +274,22 @@ def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig,
   psizes = sizes if padded is None else [padded[0]] + [padded[2]] * cfg.depth + [padded[1]]
   zpad = lambda a, shape: jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
   keys = jax.random.split(key, len(sizes) - 1)
-  dense = tuple({"w": zpad(jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a), (pa, pb)),
-                 "b": jnp.zeros((pb,), jnp.float32)}
-                for k, a, b, pa, pb in zip(keys, sizes[:-1], sizes[1:], psizes[:-1], psizes[1:]))
+  dense = tuple(
+      {
+          "w": zpad(jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a), (pa, pb)),
+          "b": jnp.zeros((pb,), jnp.float32),
+      }
+      for k, a, b, pa, pb in zip(keys, sizes[:-1], sizes[1:], psizes[:-1], psizes[1:])
+  )
   p: dict[str, Any] = {"dense": dense}
   if cfg.layer_norm and cfg.depth:
-    p["ln"] = tuple({"scale": zpad(jnp.ones((w,), jnp.float32), (psizes[1],)),
-                     "bias": jnp.zeros((psizes[1],), jnp.float32)} for _ in range(cfg.depth))
+    p["ln"] = tuple(
+        {
+            "scale": zpad(jnp.ones((w,), jnp.float32), (psizes[1],)),
+            "bias": jnp.zeros((psizes[1],), jnp.float32),
+        }
+        for _ in range(cfg.depth)
+    )
   if cfg.objective == "infonce" and cfg.learn_temperature:
     p["log_temp"] = jnp.asarray(math.log(cfg.temperature), jnp.float32)
   return p
@@ -268,8 +299,12 @@ def unpad_params(params: dict, d_in: int, d_out: int, cfg: StitchConfig) -> dict
   """One pair's parameters cut back to their true shapes (inverse of init's padding)."""
   w = cfg.width_for(d_in, d_out)
   sizes = [d_in] + [w] * cfg.depth + [d_out]
-  out = {"dense": tuple({"w": np.asarray(l["w"])[:a, :b], "b": np.asarray(l["b"])[:b]}
-                        for l, a, b in zip(params["dense"], sizes[:-1], sizes[1:]))}
+  out = {
+      "dense": tuple(
+          {"w": np.asarray(l["w"])[:a, :b], "b": np.asarray(l["b"])[:b]}
+          for l, a, b in zip(params["dense"], sizes[:-1], sizes[1:])
+      )
+  }
   if "ln" in params:
     out["ln"] = tuple({k: np.asarray(v)[:w] for k, v in l.items()} for l in params["ln"])
   if "log_temp" in params:
@@ -289,7 +324,9 @@ def _layer_norm(h, ln, width, eps=1e-6):
   return ((h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]) * mask
 
 
-def apply_pair(params: dict, x_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None) -> jax.Array:
+def apply_pair(
+    params: dict, x_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None
+) -> jax.Array:
   """ŷ [n, d_out] from x [n, d_in] for one stitch.
 
   ``dims`` ({"d_out", "width"} scalars) is given for padded pairs (layout "pad").
@@ -334,32 +371,45 @@ def _infonce(params, yhat, y, cfg, dims=None):
 OBJECTIVES = _registry([("mse", _mse), ("cosine", _cosine), ("infonce", _infonce)])
 
 
-def pair_loss(params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig,
-              dims: dict | None = None) -> jax.Array:
+def pair_loss(
+    params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None
+) -> jax.Array:
   return OBJECTIVES[cfg.objective](params, apply_pair(params, x_nd, cfg, dims), y_nd, cfg, dims)
 
 
-def pair_val_loss(params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig, block: int,
-                  dims: dict | None = None) -> jax.Array:
+def pair_val_loss(
+    params: dict,
+    x_nd: jax.Array,
+    y_nd: jax.Array,
+    cfg: StitchConfig,
+    block: int,
+    dims: dict | None = None,
+) -> jax.Array:
   """Objective on val rows; InfoNCE in blocks of ``block`` rows (its train-time negatives)."""
   if cfg.objective != "infonce":
     return pair_loss(params, x_nd, y_nd, cfg, dims)
   n = x_nd.shape[0]
   b = min(block, n)
   k = n // b
-  xb = x_nd[:k * b].reshape(k, b, -1)
-  yb = y_nd[:k * b].reshape(k, b, -1)
+  xb = x_nd[: k * b].reshape(k, b, -1)
+  yb = y_nd[: k * b].reshape(k, b, -1)
   return jnp.mean(jax.lax.map(lambda xy: pair_loss(params, xy[0], xy[1], cfg, dims), (xb, yb)))
 
 
 def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
   sched = optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if tcfg.warmup_steps else tcfg.lr, peak_value=tcfg.lr,
-      warmup_steps=tcfg.warmup_steps, decay_steps=tcfg.steps, end_value=tcfg.lr * tcfg.end_lr_ratio)
+      init_value=0.0 if tcfg.warmup_steps else tcfg.lr,
+      peak_value=tcfg.lr,
+      warmup_steps=tcfg.warmup_steps,
+      decay_steps=tcfg.steps,
+      end_value=tcfg.lr * tcfg.end_lr_ratio,
+  )
   decay_mask = lambda p: jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "w", p)
-  adamw = optax.adamw(sched, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
-                      mask=decay_mask)
+      lambda path, _: getattr(path[-1], "key", None) == "w", p
+  )
+  adamw = optax.adamw(
+      sched, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay, mask=decay_mask
+  )
   if tcfg.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(tcfg.grad_clip), adamw)
   return adamw
@@ -376,7 +426,9 @@ def batch_indices(key: jax.Array, step: jax.Array, n_rows: int, batch_size: int)
   return jax.random.randint(k, (batch_size,), 0, n_rows)
 
 
-def pair_update(params, opt_state, active, x_bd, y_bd, dims=None, *, cfg: StitchConfig, tcfg: TrainConfig):
+def pair_update(
+    params, opt_state, active, x_bd, y_bd, dims=None, *, cfg: StitchConfig, tcfg: TrainConfig
+):
   """One AdamW step of one pair on the minibatch (x, y); a no-op (masked) when not active.
 
   Returns (params, opt_state, minibatch loss before the update).
@@ -388,8 +440,21 @@ def pair_update(params, opt_state, active, x_bd, y_bd, dims=None, *, cfg: Stitch
   return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), loss
 
 
-def pair_step(params, opt_state, active, key, step, xs_mnd, ys_mnd, src, tgt, dims=None, *,
-              cfg: StitchConfig, tcfg: TrainConfig):
+def pair_step(
+    params,
+    opt_state,
+    active,
+    key,
+    step,
+    xs_mnd,
+    ys_mnd,
+    src,
+    tgt,
+    dims=None,
+    *,
+    cfg: StitchConfig,
+    tcfg: TrainConfig,
+):
   """The single-pair step: draw the minibatch of ``step``, then :func:`pair_update`.
 
   xs_mnd / ys_mnd are the dim stacks holding the source / target rows; src / tgt index
@@ -397,7 +462,9 @@ def pair_step(params, opt_state, active, key, step, xs_mnd, ys_mnd, src, tgt, di
   its steps drawn up front (threefry outside the step loop).
   """
   idx = batch_indices(key, step, xs_mnd.shape[1], tcfg.batch_size)
-  return pair_update(params, opt_state, active, xs_mnd[src, idx], ys_mnd[tgt, idx], dims, cfg=cfg, tcfg=tcfg)
+  return pair_update(
+      params, opt_state, active, xs_mnd[src, idx], ys_mnd[tgt, idx], dims, cfg=cfg, tcfg=tcfg
+  )
 
 
 # ----------------------------------------------------------------------------- all pairs
@@ -405,17 +472,28 @@ def pair_step(params, opt_state, active, key, step, xs_mnd, ys_mnd, src, tgt, di
 
 def _group_init(g: Group, seed: int, cfg: StitchConfig, tcfg: TrainConfig, n_evals: int) -> dict:
   keys = jnp.stack([pair_key(seed, s, t) for s, t in g.pairs])
-  params = jax.tree.map(lambda *a: jnp.stack(a), *[
-      init_pair(jax.random.fold_in(k, 0), di, do, cfg, (g.d_in, g.d_out, g.width))
-      for k, (di, do, _) in zip(keys, g.true_dims)])
+  params = jax.tree.map(
+      lambda *a: jnp.stack(a),
+      *[
+          init_pair(jax.random.fold_in(k, 0), di, do, cfg, (g.d_in, g.d_out, g.width))
+          for k, (di, do, _) in zip(keys, g.true_dims)
+      ],
+  )
   opt = jax.vmap(make_optimizer(tcfg).init)(params)
   p = len(g.pairs)
   nan = jnp.full((p, n_evals), jnp.nan, jnp.float32)
   return {
-      "params": params, "opt": opt, "best_params": params, "keys": keys,
-      "best": {"val": jnp.full((p,), jnp.inf, jnp.float32), "step": jnp.zeros((p,), jnp.int32),
-               "bad": jnp.zeros((p,), jnp.int32), "active": jnp.ones((p,), bool),
-               "stopped_at": jnp.full((p,), -1, jnp.int32)},
+      "params": params,
+      "opt": opt,
+      "best_params": params,
+      "keys": keys,
+      "best": {
+          "val": jnp.full((p,), jnp.inf, jnp.float32),
+          "step": jnp.zeros((p,), jnp.int32),
+          "bad": jnp.zeros((p,), jnp.int32),
+          "active": jnp.ones((p,), bool),
+          "stopped_at": jnp.full((p,), -1, jnp.int32),
+      },
       "history": {"train": nan, "val": nan},
   }
 
@@ -433,32 +511,54 @@ def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> d
 
 @functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg", "mesh"))
 def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
-  return shard_pairs({"step": jnp.zeros((), jnp.int32),
-                      "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups)},
-                     mesh)
+  return shard_pairs(
+      {
+          "step": jnp.zeros((), jnp.int32),
+          "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups),
+      },
+      mesh,
+  )
 
 
 def group_dims(plan: Plan, g: Group) -> dict | None:
   """Per-pair true widths [P] for padded layouts; None when nothing is padded."""
   if plan.layout == "group":
     return None
-  return {"d_out": jnp.asarray([d for _, d, _ in g.true_dims], jnp.float32),
-          "width": jnp.asarray([w for _, _, w in g.true_dims], jnp.float32)}
+  return {
+      "d_out": jnp.asarray([d for _, d, _ in g.true_dims], jnp.float32),
+      "width": jnp.asarray([w for _, _, w in g.true_dims], jnp.float32),
+  }
 
 
 def _group_arrays(plan: Plan, g: Group, data):
-  return (data[plan.stack_of(g.d_in)], data[plan.stack_of(g.d_out)],
-          jnp.asarray(g.src_local, jnp.int32), jnp.asarray(g.tgt_local, jnp.int32))
+  return (
+      data[plan.stack_of(g.d_in)],
+      data[plan.stack_of(g.d_out)],
+      jnp.asarray(g.src_local, jnp.int32),
+      jnp.asarray(g.tgt_local, jnp.int32),
+  )
 
 
 def shard_pairs(tree, mesh):
   """Constrain every leaf's leading pair axis to the mesh's ``pairs`` axis (no-op without a mesh)."""
-  return jax.tree.map(lambda a: gram_lib.constrain(a, mesh, gram_lib.PAIRS, *([None] * (a.ndim - 1)))
-                      if a.ndim else a, tree)
+  return jax.tree.map(
+      lambda a: gram_lib.constrain(a, mesh, gram_lib.PAIRS, *([None] * (a.ndim - 1)))
+      if a.ndim
+      else a,
+      tree,
+  )
 
 
-def all_pairs_step(state: dict, train: Sequence[jax.Array], idx: tuple[jax.Array, ...], *, plan: Plan,
-                   cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> tuple[dict, tuple[jax.Array, ...]]:
+def all_pairs_step(
+    state: dict,
+    train: Sequence[jax.Array],
+    idx: tuple[jax.Array, ...],
+    *,
+    plan: Plan,
+    cfg: StitchConfig,
+    tcfg: TrainConfig,
+    mesh=None,
+) -> tuple[dict, tuple[jax.Array, ...]]:
   """One optimisation step of every pair (vmapped per group) on minibatch rows idx [P, B].
 
   With a mesh, pairs are sharded over its ``pairs`` axis and each minibatch's rows over
@@ -469,16 +569,23 @@ def all_pairs_step(state: dict, train: Sequence[jax.Array], idx: tuple[jax.Array
   groups, losses = [], []
   for g, gs, ix in zip(plan.groups, state["groups"], idx):
     xs, ys, src, tgt = _group_arrays(plan, g, train)
-    x = gram_lib.constrain(xs[src[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None)  # [P, B, d_in]
-    y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None)  # [P, B, d_out]
-    params, opt, loss = upd(gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g))
+    x = gram_lib.constrain(
+        xs[src[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None
+    )  # [P, B, d_in]
+    y = gram_lib.constrain(
+        ys[tgt[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None
+    )  # [P, B, d_out]
+    params, opt, loss = upd(
+        gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g)
+    )
     groups.append({**gs, "params": params, "opt": opt})
     losses.append(loss)
   return {"step": state["step"] + 1, "groups": tuple(groups)}, tuple(losses)
 
 
-def val_losses(params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: StitchConfig,
-               tcfg: TrainConfig) -> tuple[jax.Array, ...]:
+def val_losses(
+    params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig
+) -> tuple[jax.Array, ...]:
   out = []
   for g, params in zip(plan.groups, params_groups):
     xs, ys, src, tgt = _group_arrays(plan, g, val)
@@ -487,26 +594,45 @@ def val_losses(params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: Stit
   return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg", "mesh"), donate_argnums=(0,))
-def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], *, n_steps: int,
-                plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
+@functools.partial(
+    jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg", "mesh"), donate_argnums=(0,)
+)
+def train_chunk(
+    state: dict,
+    train: tuple[jax.Array, ...],
+    val: tuple[jax.Array, ...],
+    *,
+    n_steps: int,
+    plan: Plan,
+    cfg: StitchConfig,
+    tcfg: TrainConfig,
+    mesh=None,
+) -> dict:
   """``n_steps`` steps of every pair, then validation, early stopping and history."""
   state = shard_pairs(state, mesh)
   zero = tuple(jnp.zeros((len(g.pairs),), jnp.float32) for g in plan.groups)
   # The loop carries only what changes per step (params, opt state); the rest of the
   # state (best params, history, keys, masks) stays out of the while-loop carry.
-  inv = {"step": state["step"], "groups": tuple({k: v for k, v in gs.items() if k not in ("params", "opt")}
-                                               for gs in state["groups"])}
+  inv = {
+      "step": state["step"],
+      "groups": tuple(
+          {k: v for k, v in gs.items() if k not in ("params", "opt")} for gs in state["groups"]
+      ),
+  }
 
   n_rows = train[0].shape[1]
   steps = state["step"] + jnp.arange(n_steps, dtype=jnp.int32)
-  draw = jax.vmap(jax.vmap(lambda k, t: batch_indices(k, t, n_rows, tcfg.batch_size), (None, 0)), (0, None))
-  idx_all = tuple(draw(gs["keys"], steps) for gs in state["groups"])   # [P, T, B] per group
+  draw = jax.vmap(
+      jax.vmap(lambda k, t: batch_indices(k, t, n_rows, tcfg.batch_size), (None, 0)), (0, None)
+  )
+  idx_all = tuple(draw(gs["keys"], steps) for gs in state["groups"])  # [P, T, B] per group
 
   def body(i, carry):
     po, acc = carry
-    st = {"step": state["step"] + i, "groups": tuple({**gi, "params": p, "opt": o}
-                                                     for gi, (p, o) in zip(inv["groups"], po))}
+    st = {
+        "step": state["step"] + i,
+        "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po)),
+    }
     idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
     st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
     po = shard_pairs(tuple((gs["params"], gs["opt"]) for gs in st["groups"]), mesh)
@@ -514,11 +640,15 @@ def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array,
 
   po0 = tuple((gs["params"], gs["opt"]) for gs in state["groups"])
   po, acc = jax.lax.fori_loop(0, n_steps, body, (po0, zero))
-  state = {"step": state["step"] + n_steps,
-           "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po))}
+  state = {
+      "step": state["step"] + n_steps,
+      "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po)),
+  }
   step = state["step"]
   e = (step - 1) // tcfg.eval_every
-  vals = val_losses(tuple(gs["params"] for gs in state["groups"]), val, plan=plan, cfg=cfg, tcfg=tcfg)
+  vals = val_losses(
+      tuple(gs["params"] for gs in state["groups"]), val, plan=plan, cfg=cfg, tcfg=tcfg
+  )
   groups = []
   for gs, a, v in zip(state["groups"], acc, vals):
     b = gs["best"]
@@ -526,18 +656,38 @@ def train_chunk(state: dict, train: tuple[jax.Array, ...], val: tuple[jax.Array,
     sel = lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
     bad = jnp.where(improved, 0, b["bad"] + 1)
     stop = b["active"] & (tcfg.patience > 0) & (bad >= tcfg.patience)
-    best = {"val": jnp.where(improved, v, b["val"]), "step": jnp.where(improved, step, b["step"]),
-            "bad": bad, "active": b["active"] & ~stop,
-            "stopped_at": jnp.where(stop, step, b["stopped_at"])}
-    hist = {"train": gs["history"]["train"].at[:, e].set(a / n_steps), "val": gs["history"]["val"].at[:, e].set(v)}
-    groups.append({**gs, "best_params": jax.tree.map(sel, gs["params"], gs["best_params"]),
-                   "best": best, "history": hist})
+    best = {
+        "val": jnp.where(improved, v, b["val"]),
+        "step": jnp.where(improved, step, b["step"]),
+        "bad": bad,
+        "active": b["active"] & ~stop,
+        "stopped_at": jnp.where(stop, step, b["stopped_at"]),
+    }
+    hist = {
+        "train": gs["history"]["train"].at[:, e].set(a / n_steps),
+        "val": gs["history"]["val"].at[:, e].set(v),
+    }
+    groups.append(
+        {
+            **gs,
+            "best_params": jax.tree.map(sel, gs["params"], gs["best_params"]),
+            "best": best,
+            "history": hist,
+        }
+    )
   return shard_pairs({"step": step, "groups": tuple(groups)}, mesh)
 
 
-def fit(plan: Plan, train: tuple[jax.Array, ...], val: tuple[jax.Array, ...], cfg: StitchConfig,
-        tcfg: TrainConfig, state: dict | None = None,
-        on_eval: Callable[[dict], None] | None = None, mesh=None) -> dict:
+def fit(
+    plan: Plan,
+    train: tuple[jax.Array, ...],
+    val: tuple[jax.Array, ...],
+    cfg: StitchConfig,
+    tcfg: TrainConfig,
+    state: dict | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+    mesh=None,
+) -> dict:
   """Host loop: chunks of ``eval_every`` steps until ``tcfg.steps``; resumes from ``state``.
 
   ``train`` / ``val`` come from :func:`stack_data`.  ``on_eval(state)`` runs after each
@@ -585,8 +735,13 @@ def predict_val(params_groups, val, *, plan: Plan, cfg: StitchConfig):
   return tuple(out)
 
 
-def evaluate(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchConfig,
-             which: str = "best_params") -> list[dict[str, float]]:
+def evaluate(
+    state: dict,
+    plan: Plan,
+    val: tuple[jax.Array, ...],
+    cfg: StitchConfig,
+    which: str = "best_params",
+) -> list[dict[str, float]]:
   """Shared regression metrics (:func:`lead_jax.eval.metrics.regression_metrics`) per pair."""
   from lead_jax.eval import metrics
 
@@ -600,8 +755,14 @@ def evaluate(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchCon
   return out
 
 
-def results_to_table(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchConfig,
-                     names: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
+def results_to_table(
+    state: dict,
+    plan: Plan,
+    val: tuple[jax.Array, ...],
+    cfg: StitchConfig,
+    names: Sequence[str],
+    dataset: str | None = None,
+) -> pd.DataFrame:
   """Rows in the shared schema (``metrics.TABLE_COLUMNS``), method ``mlp_d{depth}_{objective}``.
 
   Metrics are those of the closed-form rows, at each pair's best (early-stopping) params,
@@ -616,16 +777,29 @@ def results_to_table(state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: S
   for k, (s, t) in enumerate(plan.pairs):
     vals = {**mets[k], "val_loss": float(best_val[k]), "best_step": float(best_step[k])}
     for metric, v in vals.items():
-      rows.append({"source": names[s], "target": names[t], "source_dim": plan.dims[s],
-                   "target_dim": plan.dims[t], "method": cfg.method, "lam": np.nan, "fold": "val",
-                   "metric": metric, "value": v, "chosen": True})
+      rows.append(
+          {
+              "source": names[s],
+              "target": names[t],
+              "source_dim": plan.dims[s],
+              "target_dim": plan.dims[t],
+              "method": cfg.method,
+              "lam": np.nan,
+              "fold": "val",
+              "metric": metric,
+              "value": v,
+              "chosen": True,
+          }
+      )
   df = pd.DataFrame(rows, columns=list(metrics.TABLE_COLUMNS))
   if dataset is not None:
     df.insert(0, "dataset", dataset)
   return df
 
 
-def curves_to_table(state: dict, plan: Plan, tcfg: TrainConfig, names: Sequence[str]) -> pd.DataFrame:
+def curves_to_table(
+    state: dict, plan: Plan, tcfg: TrainConfig, names: Sequence[str]
+) -> pd.DataFrame:
   """Long table of the loss curves: source, target, step, split (train/val), loss."""
   train = per_pair(state, plan, ("history", "train"))
   val = per_pair(state, plan, ("history", "val"))
@@ -633,8 +807,17 @@ def curves_to_table(state: dict, plan: Plan, tcfg: TrainConfig, names: Sequence[
   frames = []
   for k, (s, t) in enumerate(plan.pairs):
     for split, arr in (("train", train[k]), ("val", val[k])):
-      frames.append(pd.DataFrame({"source": names[s], "target": names[t], "step": steps,
-                                  "split": split, "loss": np.asarray(arr, np.float64)}))
+      frames.append(
+          pd.DataFrame(
+              {
+                  "source": names[s],
+                  "target": names[t],
+                  "step": steps,
+                  "split": split,
+                  "loss": np.asarray(arr, np.float64),
+              }
+          )
+      )
   return pd.concat(frames, ignore_index=True)
 
 

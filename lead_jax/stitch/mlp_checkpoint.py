@@ -34,30 +34,48 @@ STATE, META = "state", "meta"
 def manager(directory: str | os.PathLike, max_to_keep: int | None = 2):
   import orbax.checkpoint as ocp
 
-  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
-                                      create=True)
+  opts = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+  )
   return ocp.CheckpointManager(Path(directory).absolute(), options=opts, item_names=(STATE, META))
 
 
-def run_meta(plan: mlp.Plan, cfg: mlp.StitchConfig, tcfg: mlp.TrainConfig, names: Sequence[str],
-             extra: dict | None = None) -> dict:
-  return {**mlp.config_dict(cfg, tcfg), "names": list(names), "dims": list(plan.dims),
-          "pairs": [list(p) for p in plan.pairs], "layout": plan.layout, "method": cfg.method,
-          **(extra or {})}
+def run_meta(
+    plan: mlp.Plan,
+    cfg: mlp.StitchConfig,
+    tcfg: mlp.TrainConfig,
+    names: Sequence[str],
+    extra: dict | None = None,
+) -> dict:
+  return {
+      **mlp.config_dict(cfg, tcfg),
+      "names": list(names),
+      "dims": list(plan.dims),
+      "pairs": [list(p) for p in plan.pairs],
+      "layout": plan.layout,
+      "method": cfg.method,
+      **(extra or {}),
+  }
 
 
 def save(mngr, state: dict, meta: dict, force: bool = False) -> bool:
   import orbax.checkpoint as ocp
 
   step = int(state["step"])
-  ok = mngr.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                                  META: ocp.args.JsonSave(meta)}), force=force)
+  ok = mngr.save(
+      step,
+      args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+      ),
+      force=force,
+  )
   mngr.wait_until_finished()
   return ok
 
 
-def restore(mngr, plan: mlp.Plan, cfg: mlp.StitchConfig, tcfg: mlp.TrainConfig,
-            step: int | None = None) -> dict | None:
+def restore(
+    mngr, plan: mlp.Plan, cfg: mlp.StitchConfig, tcfg: mlp.TrainConfig, step: int | None = None
+) -> dict | None:
   """The state at ``step`` (default: latest), or None when the directory has none."""
   import orbax.checkpoint as ocp
 
@@ -79,21 +97,33 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict:
 
 def restore_any(directory: str | os.PathLike, step: int | None = None) -> tuple[dict, dict]:
   """(state as nested dicts/lists of numpy arrays, meta) without knowing the config."""
-  import orbax.checkpoint as ocp
 
   mngr = manager(directory, max_to_keep=None)
   step = mngr.latest_step() if step is None else step
   meta = read_meta(directory, step)
   cfg = mlp.StitchConfig(**meta["stitch"])
   tcfg = mlp.TrainConfig(**meta["train"])
-  plan = mlp.make_plan(meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group"))
+  plan = mlp.make_plan(
+      meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group")
+  )
   return restore(mngr, plan, cfg, tcfg, step), meta
 
 
-def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.StitchConfig,
-        tcfg: mlp.TrainConfig, names: Sequence[str], *, save_every: int | None = None,
-        extra_meta: dict | None = None, on_eval: Callable[[dict], None] | None = None,
-        max_to_keep: int | None = 2, mesh=None) -> dict:
+def fit(
+    directory: str | os.PathLike,
+    plan: mlp.Plan,
+    train,
+    val,
+    cfg: mlp.StitchConfig,
+    tcfg: mlp.TrainConfig,
+    names: Sequence[str],
+    *,
+    save_every: int | None = None,
+    extra_meta: dict | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+    max_to_keep: int | None = 2,
+    mesh=None,
+) -> dict:
   """:func:`mlp.fit` with Orbax checkpoints; resumes from the latest step in ``directory``.
 
   ``mesh`` shards the pairs (and minibatch rows) as in :func:`mlp.fit`.
@@ -108,8 +138,10 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
     old = read_meta(directory)
     for k in ("stitch", "train", "dims", "pairs", "layout"):
       if old.get(k) != meta.get(k):
-        raise ValueError(f"{directory}: checkpoint was written with a different {k!r}: "
-                         f"{old.get(k)} vs {meta.get(k)}")
+        raise ValueError(
+            f"{directory}: checkpoint was written with a different {k!r}: "
+            f"{old.get(k)} vs {meta.get(k)}"
+        )
   every = save_every or tcfg.eval_every
   last_saved = [int(state["step"]) if state is not None else 0]
   t0, step0 = time.time(), last_saved[0]
@@ -119,8 +151,14 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
   def hook(st):
     step = int(st["step"])
     rate = (step - step0) / max(time.time() - t0, 1e-9)
-    logging.info("%s: step %d/%d, %.1f steps/s (all pairs), ETA %.0fs", cfg.method, step, tcfg.steps, rate,
-                 (tcfg.steps - step) / max(rate, 1e-9))
+    logging.info(
+        "%s: step %d/%d, %.1f steps/s (all pairs), ETA %.0fs",
+        cfg.method,
+        step,
+        tcfg.steps,
+        rate,
+        (tcfg.steps - step) / max(rate, 1e-9),
+    )
     if step - last_saved[0] >= every or step >= tcfg.steps:
       save(mngr, st, meta, force=step >= tcfg.steps)
       last_saved[0] = step
@@ -132,6 +170,7 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
     save(mngr, state, meta, force=True)
   curves = mlp.curves_to_table(state, plan, tcfg, names)
   from lead_jax.stitch import io as stitch_io
+
   stitch_io.save_table(curves, directory, "curves")
   mngr.close()
   return state
@@ -139,6 +178,11 @@ def fit(directory: str | os.PathLike, plan: mlp.Plan, train, val, cfg: mlp.Stitc
 
 def state_max_abs_diff(a: dict, b: dict) -> float:
   """Largest |a − b| over every floating leaf of two states (for resume tests)."""
-  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-                       if np.asarray(x).size and np.issubdtype(np.asarray(x).dtype, np.floating) else 0.0, a, b)
+  diffs = jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+      if np.asarray(x).size and np.issubdtype(np.asarray(x).dtype, np.floating)
+      else 0.0,
+      a,
+      b,
+  )
   return max(jax.tree.leaves(diffs), default=0.0)

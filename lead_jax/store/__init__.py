@@ -41,423 +41,536 @@ TensorStore context, i.e. for the life of the process (tests).
 Readers refuse incomplete arrays, NaN/Inf rows, and arrays whose row-text digest
 differs from another model's on the same dataset/split/kind.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 DTYPES = ("float32", "bfloat16", "float16")
 FORMAT_VERSION = 1
 # Fields that must agree between an existing partial array and a resumed write.
-_IDENTITY = ("model", "weights_digest", "rows_digest", "n_rows", "dim", "dtype", "block_rows",
-             "pooling", "normalize", "prefix", "chunker", "source")
+_IDENTITY = (
+    "model",
+    "weights_digest",
+    "rows_digest",
+    "n_rows",
+    "dim",
+    "dtype",
+    "block_rows",
+    "pooling",
+    "normalize",
+    "prefix",
+    "chunker",
+    "source",
+)
 
 
 class StoreError(RuntimeError):
-    """A store array is missing, incomplete, corrupt or misaligned; names the array."""
+  """A store array is missing, incomplete, corrupt or misaligned; names the array."""
 
 
 def model_key(model: str) -> str:
-    return model.replace("/", "__")
+  return model.replace("/", "__")
 
 
-_CONTEXT = None  # one TensorStore context for every URL root: memory:// contents are shared in-process
+_CONTEXT = (
+    None  # one TensorStore context for every URL root: memory:// contents are shared in-process
+)
 
 
 def _context():
-    global _CONTEXT
-    if _CONTEXT is None:
-        import tensorstore as ts
-        _CONTEXT = ts.Context()
-    return _CONTEXT
-
-
-@functools.lru_cache(maxsize=None)
-def _open_kvstore(base: str):
-    """One open KvStore per URL root (every store call resolves its root again)."""
+  global _CONTEXT
+  if _CONTEXT is None:
     import tensorstore as ts
-    return ts.KvStore.open(base, context=_context()).result()
+
+    _CONTEXT = ts.Context()
+  return _CONTEXT
+
+
+@functools.cache
+def _open_kvstore(base: str):
+  """One open KvStore per URL root (every store call resolves its root again)."""
+  import tensorstore as ts
+
+  return ts.KvStore.open(base, context=_context()).result()
 
 
 def _is_url(root) -> bool:
-    return isinstance(root, str) and "://" in root
+  return isinstance(root, str) and "://" in root
 
 
 class _Url:
-    """A key (file or directory) under a kvstore URL root; `/` joins like pathlib, str() is its URL."""
+  """A key (file or directory) under a kvstore URL root; `/` joins like pathlib, str() is its URL."""
 
-    def __init__(self, base: str, kv, key: str = ""):
-        self.base, self.kv, self.key = base, kv, key  # base ends in "/"; key is relative to kv
+  def __init__(self, base: str, kv, key: str = ""):
+    self.base, self.kv, self.key = base, kv, key  # base ends in "/"; key is relative to kv
 
-    @classmethod
-    def open(cls, root: str) -> "_Url":
-        base = root.rstrip("/")
-        base += "//" if base.endswith(":") else "/"  # memory:// has no path; others get a directory prefix
-        return cls(base, _open_kvstore(base))
+  @classmethod
+  def open(cls, root: str) -> _Url:
+    base = root.rstrip("/")
+    base += (
+        "//" if base.endswith(":") else "/"
+    )  # memory:// has no path; others get a directory prefix
+    return cls(base, _open_kvstore(base))
 
-    def __truediv__(self, name: str) -> "_Url":
-        return _Url(self.base, self.kv, f"{self.key}/{name}" if self.key else name)
+  def __truediv__(self, name: str) -> _Url:
+    return _Url(self.base, self.kv, f"{self.key}/{name}" if self.key else name)
 
-    def __str__(self) -> str:
-        return self.base + self.key
+  def __str__(self) -> str:
+    return self.base + self.key
 
-    def keys(self, prefix: str = "") -> list[str]:
-        """Keys under this directory starting with `prefix`, relative to it."""
-        import tensorstore as ts
-        lo = f"{self.key}/{prefix}"
-        hi = lo[:-1] + chr(ord(lo[-1]) + 1)  # the first key past every key starting with lo
-        return [k.decode() for k in self.kv.list(ts.KvStore.KeyRange(lo, hi), len(self.key) + 1).result()]
+  def keys(self, prefix: str = "") -> list[str]:
+    """Keys under this directory starting with `prefix`, relative to it."""
+    import tensorstore as ts
 
-    def delete(self, prefix: str) -> None:
-        """Deletes every key under this directory starting with `prefix`."""
-        import tensorstore as ts
-        lo = f"{self.key}/{prefix}"
-        self.kv.delete_range(ts.KvStore.KeyRange(lo, lo[:-1] + chr(ord(lo[-1]) + 1))).result()
+    lo = f"{self.key}/{prefix}"
+    hi = lo[:-1] + chr(ord(lo[-1]) + 1)  # the first key past every key starting with lo
+    return [
+        k.decode() for k in self.kv.list(ts.KvStore.KeyRange(lo, hi), len(self.key) + 1).result()
+    ]
+
+  def delete(self, prefix: str) -> None:
+    """Deletes every key under this directory starting with `prefix`."""
+    import tensorstore as ts
+
+    lo = f"{self.key}/{prefix}"
+    self.kv.delete_range(ts.KvStore.KeyRange(lo, lo[:-1] + chr(ord(lo[-1]) + 1))).result()
 
 
 def _loc(root, *parts: str) -> pathlib.Path | _Url:
-    if _is_url(root):
-        loc = _Url.open(root)
-        for part in parts:
-            loc = loc / part
-        return loc
-    return pathlib.Path(root).joinpath(*parts)
+  if _is_url(root):
+    loc = _Url.open(root)
+    for part in parts:
+      loc = loc / part
+    return loc
+  return pathlib.Path(root).joinpath(*parts)
 
 
 def _array_loc(root, dataset: str, split: str, kind: str, model: str) -> pathlib.Path | _Url:
-    return _loc(root, dataset, split, kind, model_key(model))
+  return _loc(root, dataset, split, kind, model_key(model))
 
 
-def array_dir(root: str | os.PathLike, dataset: str, split: str, kind: str, model: str) -> pathlib.Path | str:
-    """The array's directory: a Path for a local root, the array's URL (str) for a URL root."""
-    loc = _array_loc(root, dataset, split, kind, model)
-    return str(loc) if isinstance(loc, _Url) else loc
+def array_dir(
+    root: str | os.PathLike, dataset: str, split: str, kind: str, model: str
+) -> pathlib.Path | str:
+  """The array's directory: a Path for a local root, the array's URL (str) for a URL root."""
+  loc = _array_loc(root, dataset, split, kind, model)
+  return str(loc) if isinstance(loc, _Url) else loc
 
 
 def _atomic_write_json(path: pathlib.Path | _Url, obj: Any, tag: str = "") -> None:
-    if isinstance(path, _Url):  # one object write: atomic on GCS and TensorStore's file driver
-        path.kv.write(path.key, json.dumps(obj, indent=1, sort_keys=True).encode()).result()
-        return
-    tmp = path.with_name(path.name + ".tmp" + tag)  # `tag`: writers that may race on `path`
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+  if isinstance(path, _Url):  # one object write: atomic on GCS and TensorStore's file driver
+    path.kv.write(path.key, json.dumps(obj, indent=1, sort_keys=True).encode()).result()
+    return
+  tmp = path.with_name(path.name + ".tmp" + tag)  # `tag`: writers that may race on `path`
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  dfd = os.open(path.parent, os.O_RDONLY)
+  try:
+    os.fsync(dfd)
+  finally:
+    os.close(dfd)
 
 
 def _read_json(path: pathlib.Path | _Url) -> dict | None:
-    if isinstance(path, _Url):
-        r = path.kv.read(path.key).result()
-        return json.loads(r.value) if r.state == "value" else None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
+  if isinstance(path, _Url):
+    r = path.kv.read(path.key).result()
+    return json.loads(r.value) if r.state == "value" else None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
 
 
 def _progress_name(process_index: int, process_count: int) -> str:
-    return "progress.json" if process_count == 1 else f"progress.{process_index}-of-{process_count}.json"
+  return (
+      "progress.json" if process_count == 1 else f"progress.{process_index}-of-{process_count}.json"
+  )
 
 
 def _rows_of(meta: dict, process_index: int, process_count: int) -> slice:
-    if process_count == 1:
-        return slice(0, meta["n_rows"])
-    from lead_jax import distributed
-    return distributed.block_aligned_rows(meta["n_rows"], meta["block_rows"], process_index, process_count)
+  if process_count == 1:
+    return slice(0, meta["n_rows"])
+  from lead_jax import distributed
+
+  return distributed.block_aligned_rows(
+      meta["n_rows"], meta["block_rows"], process_index, process_count
+  )
 
 
 def _uncommitted(path: pathlib.Path | _Url, meta: dict, process_count: int) -> list[str]:
-    """Ranges of a P-process write whose progress file does not show them committed."""
-    out = []
-    for q in range(process_count):
-        r = _rows_of(meta, q, process_count)
-        prog = _read_json(path / _progress_name(q, process_count)) or {}
-        if (prog.get("start"), prog.get("stop"), prog.get("next_row")) != (r.start, r.stop, r.stop):
-            out.append(f"process {q}: rows [{prog.get('next_row', r.start)}, {r.stop}) of [{r.start}, {r.stop})")
-    return out
+  """Ranges of a P-process write whose progress file does not show them committed."""
+  out = []
+  for q in range(process_count):
+    r = _rows_of(meta, q, process_count)
+    prog = _read_json(path / _progress_name(q, process_count)) or {}
+    if (prog.get("start"), prog.get("stop"), prog.get("next_row")) != (r.start, r.stop, r.stop):
+      out.append(
+          f"process {q}: rows [{prog.get('next_row', r.start)}, {r.stop}) of [{r.start}, {r.stop})"
+      )
+  return out
 
 
-def _open_ts(path: pathlib.Path | _Url, *, create: bool = False, shape=None, block_rows=None, dtype=None):
-    import tensorstore as ts
-    if isinstance(path, _Url):
-        kvstore = {**path.kv.spec().to_json(), "path": path.kv.path + path.key + "/"}
-    else:
-        kvstore = {"driver": "file", "path": str(path)}
-    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": kvstore}
-    if create:
-        spec["metadata"] = {
-            "shape": list(shape), "data_type": dtype,
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [block_rows, shape[1]]}},
-        }
-        spec["create"] = True
-        spec["delete_existing"] = True
-    return ts.open(spec, context=_context() if isinstance(path, _Url) else None).result()
+def _open_ts(
+    path: pathlib.Path | _Url, *, create: bool = False, shape=None, block_rows=None, dtype=None
+):
+  import tensorstore as ts
+
+  if isinstance(path, _Url):
+    kvstore = {**path.kv.spec().to_json(), "path": path.kv.path + path.key + "/"}
+  else:
+    kvstore = {"driver": "file", "path": str(path)}
+  spec: dict[str, Any] = {"driver": "zarr3", "kvstore": kvstore}
+  if create:
+    spec["metadata"] = {
+        "shape": list(shape),
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [block_rows, shape[1]]}},
+    }
+    spec["create"] = True
+    spec["delete_existing"] = True
+  return ts.open(spec, context=_context() if isinstance(path, _Url) else None).result()
 
 
 def check_finite(x: np.ndarray, name: str, row_offset: int = 0) -> None:
-    bad = ~np.isfinite(np.asarray(x, np.float32)).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)[:5] + row_offset
-        raise StoreError(f"{name}: non-finite values (NaN/Inf) in rows {rows.tolist()}"
-                         f"{' …' if bad.sum() > 5 else ''}")
+  bad = ~np.isfinite(np.asarray(x, np.float32)).all(axis=1)
+  if bad.any():
+    rows = np.flatnonzero(bad)[:5] + row_offset
+    raise StoreError(
+        f"{name}: non-finite values (NaN/Inf) in rows {rows.tolist()}"
+        f"{' …' if bad.sum() > 5 else ''}"
+    )
 
 
 class Writer:
-    """Appends blocks of rows to one array (this process's rows [start, stop) of it); see the
-    module docstring for the protocol.
+  """Appends blocks of rows to one array (this process's rows [start, stop) of it); see the
+  module docstring for the protocol.
 
-    Usage:
-        w = open_writer(root, ds, split, kind, model, n_rows=…, dim=…, meta={…})
-        for start in range(w.next_row, w.stop, w.block_rows):
-            w.write(start, compute_rows(start, min(start + w.block_rows, w.stop)))
-        w.finish()
-    """
+  Usage:
+      w = open_writer(root, ds, split, kind, model, n_rows=…, dim=…, meta={…})
+      for start in range(w.next_row, w.stop, w.block_rows):
+          w.write(start, compute_rows(start, min(start + w.block_rows, w.stop)))
+      w.finish()
+  """
 
-    def __init__(self, path: pathlib.Path | _Url, meta: dict, next_row: int, array, rows: slice | None = None,
-                 process_index: int = 0, process_count: int = 1):
-        self.path, self.meta, self._next, self._array = path, meta, next_row, array
-        rows = slice(0, meta["n_rows"]) if rows is None else rows
-        self.start, self.stop = rows.start, rows.stop
-        self.process_index, self.process_count = process_index, process_count
+  def __init__(
+      self,
+      path: pathlib.Path | _Url,
+      meta: dict,
+      next_row: int,
+      array,
+      rows: slice | None = None,
+      process_index: int = 0,
+      process_count: int = 1,
+  ):
+    self.path, self.meta, self._next, self._array = path, meta, next_row, array
+    rows = slice(0, meta["n_rows"]) if rows is None else rows
+    self.start, self.stop = rows.start, rows.stop
+    self.process_index, self.process_count = process_index, process_count
 
-    @property
-    def n_rows(self) -> int:
-        return self.meta["n_rows"]
+  @property
+  def n_rows(self) -> int:
+    return self.meta["n_rows"]
 
-    @property
-    def block_rows(self) -> int:
-        return self.meta["block_rows"]
+  @property
+  def block_rows(self) -> int:
+    return self.meta["block_rows"]
 
-    @property
-    def next_row(self) -> int:
-        """The first row of this writer's range not yet committed (== stop when done)."""
-        return self._next
+  @property
+  def next_row(self) -> int:
+    """The first row of this writer's range not yet committed (== stop when done)."""
+    return self._next
 
-    @property
-    def committed_rows(self) -> int:
-        """Rows of this writer's range committed (one process: rows [0, committed_rows))."""
-        return self._next - self.start
+  @property
+  def committed_rows(self) -> int:
+    """Rows of this writer's range committed (one process: rows [0, committed_rows))."""
+    return self._next - self.start
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.meta.get("complete"))
+  @property
+  def complete(self) -> bool:
+    return bool(self.meta.get("complete"))
 
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Writes rows [start, start+len(rows)); start must be `next_row`."""
-        if self.complete:
-            raise StoreError(f"{self.path}: already complete")
-        expected = min(self.block_rows, self.stop - self._next)
-        if start != self._next or expected <= 0 or rows.shape != (expected, self.meta["dim"]):
-            raise StoreError(f"{self.path}: write of rows [{start}, {start + len(rows)}) with shape "
-                             f"{rows.shape}, but the next block is rows [{self._next}, "
-                             f"{self._next + expected}) of dim {self.meta['dim']}")
-        check_finite(rows, str(self.path), start)
-        data = np.asarray(rows, np.float32).astype(self._array.dtype.numpy_dtype)
-        self._array[start:start + expected].write(data).result()
-        self._next = start + expected
-        self._save_progress()
+  def write(self, start: int, rows: np.ndarray) -> None:
+    """Writes rows [start, start+len(rows)); start must be `next_row`."""
+    if self.complete:
+      raise StoreError(f"{self.path}: already complete")
+    expected = min(self.block_rows, self.stop - self._next)
+    if start != self._next or expected <= 0 or rows.shape != (expected, self.meta["dim"]):
+      raise StoreError(
+          f"{self.path}: write of rows [{start}, {start + len(rows)}) with shape "
+          f"{rows.shape}, but the next block is rows [{self._next}, "
+          f"{self._next + expected}) of dim {self.meta['dim']}"
+      )
+    check_finite(rows, str(self.path), start)
+    data = np.asarray(rows, np.float32).astype(self._array.dtype.numpy_dtype)
+    self._array[start : start + expected].write(data).result()
+    self._next = start + expected
+    self._save_progress()
 
-    def _save_progress(self) -> None:
-        if self.process_count == 1:
-            _atomic_write_json(self.path / "progress.json", {"committed_rows": self._next})
-        else:
-            _atomic_write_json(self.path / _progress_name(self.process_index, self.process_count),
-                               {"start": self.start, "stop": self.stop, "next_row": self._next})
+  def _save_progress(self) -> None:
+    if self.process_count == 1:
+      _atomic_write_json(self.path / "progress.json", {"committed_rows": self._next})
+    else:
+      _atomic_write_json(
+          self.path / _progress_name(self.process_index, self.process_count),
+          {"start": self.start, "stop": self.stop, "next_row": self._next},
+      )
 
-    def finish(self, extra_meta: Mapping[str, Any] | None = None) -> None:
-        """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json.
+  def finish(self, extra_meta: Mapping[str, Any] | None = None) -> None:
+    """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json.
 
-        With several processes every one must call it (see the module docstring)."""
-        if self._next != self.stop:
-            raise StoreError(f"{self.path}: finish() at {self._next}/{self.n_rows} rows"
-                             + (f" (rows [{self.start}, {self.stop}) of process {self.process_index})"
-                                if self.process_count > 1 else ""))
-        if self.complete:
-            return
-        clash = set(extra_meta or ()) & set(_IDENTITY)
-        if clash:
-            raise ValueError(f"finish(extra_meta) may not change identity fields {sorted(clash)}")
-        if self.process_count == 1:
-            self._mark_complete(extra_meta)
-            return
-        from lead_jax import distributed
-        key = f"store-finish:{self.meta['dataset']}/{self.meta['split']}/{self.meta['kind']}/{self.meta['model']}"
-        synced = distributed.barrier(key)  # every process has committed its range
-        missing = _uncommitted(self.path, self.meta, self.process_count)
-        if missing and synced:
-            raise StoreError(f"{self.path}: ranges not committed after every process finished: {missing}")
-        if not missing and (self.process_index == 0 or not synced):
-            tag = f".{self.process_index}"  # without barriers two last writers may race here
-            _atomic_write_json(self.path / "progress.json", {"committed_rows": self.n_rows}, tag)
-            self._mark_complete(extra_meta, tag)
-        if synced:
-            distributed.barrier(key + ":done")  # process 0 has marked it complete
-            self.meta = _read_json(self.path / "meta.json")
+    With several processes every one must call it (see the module docstring)."""
+    if self._next != self.stop:
+      raise StoreError(
+          f"{self.path}: finish() at {self._next}/{self.n_rows} rows"
+          + (
+              f" (rows [{self.start}, {self.stop}) of process {self.process_index})"
+              if self.process_count > 1
+              else ""
+          )
+      )
+    if self.complete:
+      return
+    clash = set(extra_meta or ()) & set(_IDENTITY)
+    if clash:
+      raise ValueError(f"finish(extra_meta) may not change identity fields {sorted(clash)}")
+    if self.process_count == 1:
+      self._mark_complete(extra_meta)
+      return
+    from lead_jax import distributed
 
-    def _mark_complete(self, extra_meta, tag: str = "") -> None:
-        self.meta = {**self.meta, **(extra_meta or {}), "complete": True}
-        _atomic_write_json(self.path / "meta.json", self.meta, tag)
+    key = f"store-finish:{self.meta['dataset']}/{self.meta['split']}/{self.meta['kind']}/{self.meta['model']}"
+    synced = distributed.barrier(key)  # every process has committed its range
+    missing = _uncommitted(self.path, self.meta, self.process_count)
+    if missing and synced:
+      raise StoreError(f"{self.path}: ranges not committed after every process finished: {missing}")
+    if not missing and (self.process_index == 0 or not synced):
+      tag = f".{self.process_index}"  # without barriers two last writers may race here
+      _atomic_write_json(self.path / "progress.json", {"committed_rows": self.n_rows}, tag)
+      self._mark_complete(extra_meta, tag)
+    if synced:
+      distributed.barrier(key + ":done")  # process 0 has marked it complete
+      self.meta = _read_json(self.path / "meta.json")
+
+  def _mark_complete(self, extra_meta, tag: str = "") -> None:
+    self.meta = {**self.meta, **(extra_meta or {}), "complete": True}
+    _atomic_write_json(self.path / "meta.json", self.meta, tag)
 
 
-def open_writer(root, dataset: str, split: str, kind: str, model: str, *, n_rows: int, dim: int,
-                meta: Mapping[str, Any], dtype: str = "float32", block_rows: int = 1024,
-                overwrite: bool = False, process_index: int = 0, process_count: int = 1) -> Writer:
-    """Opens (creating or resuming) the array for one (dataset, split, kind, model).
+def open_writer(
+    root,
+    dataset: str,
+    split: str,
+    kind: str,
+    model: str,
+    *,
+    n_rows: int,
+    dim: int,
+    meta: Mapping[str, Any],
+    dtype: str = "float32",
+    block_rows: int = 1024,
+    overwrite: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Writer:
+  """Opens (creating or resuming) the array for one (dataset, split, kind, model).
 
-    `meta` holds the model's metadata: weights_digest, rows_digest, pooling, normalize,
-    prefix, chunker, source, … (never secrets). A partial array written with different
-    identity fields is refused unless `overwrite`. With `process_count` > 1 every process
-    calls this with the same arguments and gets a writer for its own rows (module docstring).
-    """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if n_rows <= 0 or dim <= 0:
-        raise StoreError(f"{array_dir(root, dataset, split, kind, model)}: empty shape [{n_rows}, {dim}]")
-    path = _array_loc(root, dataset, split, kind, model)
-    full = {**dict(meta), "model": model, "dataset": dataset, "split": split, "kind": kind,
-            "n_rows": n_rows, "dim": dim, "dtype": dtype, "block_rows": min(block_rows, n_rows),
-            "format_version": FORMAT_VERSION}
-    for k in _IDENTITY:
-        full.setdefault(k, None)
-    old = _read_json(path / "meta.json")
-    if old is not None and not overwrite:
-        diff = [k for k in _IDENTITY if old.get(k) != full.get(k)]
-        if diff:
-            raise StoreError(f"{path}: exists with different {', '.join(diff)} "
-                             f"(e.g. {diff[0]}: {old.get(diff[0])!r} vs {full.get(diff[0])!r}); "
-                             "delete it or pass --overwrite (overwrite=True) to re-embed")
-    create = old is None or overwrite
-    if process_count > 1:
-        return _open_shared(path, full, create, process_index, process_count)
-    if not create:
-        progress = _read_json(path / "progress.json") or {"committed_rows": 0}
-        committed = int(progress["committed_rows"])
-        if old.get("complete") and committed != n_rows:
-            raise StoreError(f"{path}: meta says complete but progress is {committed}/{n_rows}")
-        return Writer(path, old, committed, _open_ts(path))
-    array = _create(path, full)
-    return Writer(path, full, 0, array)
+  `meta` holds the model's metadata: weights_digest, rows_digest, pooling, normalize,
+  prefix, chunker, source, … (never secrets). A partial array written with different
+  identity fields is refused unless `overwrite`. With `process_count` > 1 every process
+  calls this with the same arguments and gets a writer for its own rows (module docstring).
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  if n_rows <= 0 or dim <= 0:
+    raise StoreError(
+        f"{array_dir(root, dataset, split, kind, model)}: empty shape [{n_rows}, {dim}]"
+    )
+  path = _array_loc(root, dataset, split, kind, model)
+  full = {
+      **dict(meta),
+      "model": model,
+      "dataset": dataset,
+      "split": split,
+      "kind": kind,
+      "n_rows": n_rows,
+      "dim": dim,
+      "dtype": dtype,
+      "block_rows": min(block_rows, n_rows),
+      "format_version": FORMAT_VERSION,
+  }
+  for k in _IDENTITY:
+    full.setdefault(k, None)
+  old = _read_json(path / "meta.json")
+  if old is not None and not overwrite:
+    diff = [k for k in _IDENTITY if old.get(k) != full.get(k)]
+    if diff:
+      raise StoreError(
+          f"{path}: exists with different {', '.join(diff)} "
+          f"(e.g. {diff[0]}: {old.get(diff[0])!r} vs {full.get(diff[0])!r}); "
+          "delete it or pass --overwrite (overwrite=True) to re-embed"
+      )
+  create = old is None or overwrite
+  if process_count > 1:
+    return _open_shared(path, full, create, process_index, process_count)
+  if not create:
+    progress = _read_json(path / "progress.json") or {"committed_rows": 0}
+    committed = int(progress["committed_rows"])
+    if old.get("complete") and committed != n_rows:
+      raise StoreError(f"{path}: meta says complete but progress is {committed}/{n_rows}")
+    return Writer(path, old, committed, _open_ts(path))
+  array = _create(path, full)
+  return Writer(path, full, 0, array)
 
 
 def _create(path: pathlib.Path | _Url, full: dict):
-    if isinstance(path, _Url):
-        path.delete("meta.json")
-        path.delete("progress")
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        for p in [path / "meta.json", *path.glob("progress*.json")]:
-            p.unlink(missing_ok=True)
-    array = _open_ts(path, create=True, shape=(full["n_rows"], full["dim"]), block_rows=full["block_rows"],
-                     dtype=full["dtype"])
-    _atomic_write_json(path / "progress.json", {"committed_rows": 0})
-    full["complete"] = False
-    _atomic_write_json(path / "meta.json", full)
-    return array
+  if isinstance(path, _Url):
+    path.delete("meta.json")
+    path.delete("progress")
+  else:
+    path.mkdir(parents=True, exist_ok=True)
+    for p in [path / "meta.json", *path.glob("progress*.json")]:
+      p.unlink(missing_ok=True)
+  array = _open_ts(
+      path,
+      create=True,
+      shape=(full["n_rows"], full["dim"]),
+      block_rows=full["block_rows"],
+      dtype=full["dtype"],
+  )
+  _atomic_write_json(path / "progress.json", {"committed_rows": 0})
+  full["complete"] = False
+  _atomic_write_json(path / "meta.json", full)
+  return array
 
 
 def _open_shared(path: pathlib.Path | _Url, full: dict, create: bool, p: int, n: int) -> Writer:
-    """open_writer for process p of n: process 0 creates, the others open after it."""
-    from lead_jax import distributed
-    if not 0 <= p < n:
-        raise ValueError(f"process_index {p} is not in [0, {n})")
-    key = f"store-open:{full['dataset']}/{full['split']}/{full['kind']}/{full['model']}"
-    distributed.barrier(key)  # every process has read the old meta.json (and decided alike)
-    if create and p == 0:
-        _create(path, full)
-    distributed.barrier(key + ":created")
-    meta = _read_json(path / "meta.json")
-    if meta is None:
-        raise StoreError(f"{path}: missing after process 0 of {n} created it; every process must run "
-                         "together and see the same store directory (a shared filesystem)")
-    rows = _rows_of(meta, p, n)
-    if meta.get("complete"):
-        committed = int((_read_json(path / "progress.json") or {"committed_rows": 0})["committed_rows"])
-        if committed != meta["n_rows"]:
-            raise StoreError(f"{path}: meta says complete but progress is {committed}/{meta['n_rows']}")
-        return Writer(path, meta, rows.stop, _open_ts(path), rows, p, n)
-    prog = _read_json(path / _progress_name(p, n)) or {}
-    resume = (prog.get("start"), prog.get("stop")) == (rows.start, rows.stop)
-    w = Writer(path, meta, int(prog["next_row"]) if resume else rows.start, _open_ts(path), rows, p, n)
-    if not resume:
-        w._save_progress()
-    return w
+  """open_writer for process p of n: process 0 creates, the others open after it."""
+  from lead_jax import distributed
+
+  if not 0 <= p < n:
+    raise ValueError(f"process_index {p} is not in [0, {n})")
+  key = f"store-open:{full['dataset']}/{full['split']}/{full['kind']}/{full['model']}"
+  distributed.barrier(key)  # every process has read the old meta.json (and decided alike)
+  if create and p == 0:
+    _create(path, full)
+  distributed.barrier(key + ":created")
+  meta = _read_json(path / "meta.json")
+  if meta is None:
+    raise StoreError(
+        f"{path}: missing after process 0 of {n} created it; every process must run "
+        "together and see the same store directory (a shared filesystem)"
+    )
+  rows = _rows_of(meta, p, n)
+  if meta.get("complete"):
+    committed = int((_read_json(path / "progress.json") or {"committed_rows": 0})["committed_rows"])
+    if committed != meta["n_rows"]:
+      raise StoreError(f"{path}: meta says complete but progress is {committed}/{meta['n_rows']}")
+    return Writer(path, meta, rows.stop, _open_ts(path), rows, p, n)
+  prog = _read_json(path / _progress_name(p, n)) or {}
+  resume = (prog.get("start"), prog.get("stop")) == (rows.start, rows.stop)
+  w = Writer(
+      path, meta, int(prog["next_row"]) if resume else rows.start, _open_ts(path), rows, p, n
+  )
+  if not resume:
+    w._save_progress()
+  return w
 
 
 def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
-    path = _array_loc(root, dataset, split, kind, model)
-    meta = _read_json(path / "meta.json")
-    if meta is None:
-        raise StoreError(f"{path}: no such array (meta.json missing)")
-    return meta
+  path = _array_loc(root, dataset, split, kind, model)
+  meta = _read_json(path / "meta.json")
+  if meta is None:
+    raise StoreError(f"{path}: no such array (meta.json missing)")
+  return meta
 
 
-def is_complete(root, dataset: str, split: str, kind: str, model: str, rows_digest: str | None = None) -> bool:
-    """Complete, and (when `rows_digest` is given) holding exactly those rows."""
-    meta = _read_json(_array_loc(root, dataset, split, kind, model) / "meta.json")
-    return bool(meta and meta.get("complete") and (rows_digest is None or meta.get("rows_digest") == rows_digest))
+def is_complete(
+    root, dataset: str, split: str, kind: str, model: str, rows_digest: str | None = None
+) -> bool:
+  """Complete, and (when `rows_digest` is given) holding exactly those rows."""
+  meta = _read_json(_array_loc(root, dataset, split, kind, model) / "meta.json")
+  return bool(
+      meta
+      and meta.get("complete")
+      and (rows_digest is None or meta.get("rows_digest") == rows_digest)
+  )
 
 
-def list_models(root, dataset: str, split: str, kind: str, complete_only: bool = True,
-                include_translated: bool = False) -> list[str]:
-    """Models with an array here; translated arrays (experiments/translate_store.py) only on request."""
-    base = _loc(root, dataset, split, kind)
-    if isinstance(base, _Url):
-        keys = [k for k in base.keys() if k.count("/") == 1 and k.endswith("/meta.json")]
-        files = [base / k for k in sorted(keys, key=lambda k: k.split("/")[0])]  # as sorted Paths
-    else:
-        files = sorted(base.glob("*/meta.json")) if base.is_dir() else []
-    out = []
-    for d in files:
-        meta = _read_json(d)
-        if not meta or (complete_only and not meta.get("complete")):
-            continue
-        if meta.get("source") == "translated" and not include_translated:
-            continue
-        out.append(meta["model"])
-    return out
+def list_models(
+    root,
+    dataset: str,
+    split: str,
+    kind: str,
+    complete_only: bool = True,
+    include_translated: bool = False,
+) -> list[str]:
+  """Models with an array here; translated arrays (experiments/translate_store.py) only on request."""
+  base = _loc(root, dataset, split, kind)
+  if isinstance(base, _Url):
+    keys = [k for k in base.keys() if k.count("/") == 1 and k.endswith("/meta.json")]
+    files = [base / k for k in sorted(keys, key=lambda k: k.split("/")[0])]  # as sorted Paths
+  else:
+    files = sorted(base.glob("*/meta.json")) if base.is_dir() else []
+  out = []
+  for d in files:
+    meta = _read_json(d)
+    if not meta or (complete_only and not meta.get("complete")):
+      continue
+    if meta.get("source") == "translated" and not include_translated:
+      continue
+    out.append(meta["model"])
+  return out
 
 
-def read_array(root, dataset: str, split: str, kind: str, model: str, *,
-               check_alignment: bool = True) -> np.ndarray:
-    """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
-    path = _array_loc(root, dataset, split, kind, model)
-    meta = read_meta(root, dataset, split, kind, model)
-    progress = _read_json(path / "progress.json") or {"committed_rows": 0}
-    if not meta.get("complete") or progress["committed_rows"] != meta["n_rows"]:
-        raise StoreError(f"{path}: incomplete ({progress['committed_rows']}/{meta['n_rows']} rows "
-                         "committed); rerun the embedding to finish it")
-    if check_alignment:
-        for other in list_models(root, dataset, split, kind, include_translated=True):
-            if other == model:
-                continue
-            o = read_meta(root, dataset, split, kind, other)
-            if o.get("rows_digest") != meta.get("rows_digest"):
-                raise StoreError(f"{path}: row-text digest {str(meta.get('rows_digest'))[:12]}… differs from "
-                                 f"{array_dir(root, dataset, split, kind, other)} ({str(o.get('rows_digest'))[:12]}…): "
-                                 "rows are misaligned across models (different data, cap or chunker)")
-    x = np.asarray(_open_ts(path).read().result(), np.float32)
-    if x.shape != (meta["n_rows"], meta["dim"]):
-        raise StoreError(f"{path}: shape {x.shape} != meta [{meta['n_rows']}, {meta['dim']}]")
-    check_finite(x, str(path))
-    return x
+def read_array(
+    root, dataset: str, split: str, kind: str, model: str, *, check_alignment: bool = True
+) -> np.ndarray:
+  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
+  path = _array_loc(root, dataset, split, kind, model)
+  meta = read_meta(root, dataset, split, kind, model)
+  progress = _read_json(path / "progress.json") or {"committed_rows": 0}
+  if not meta.get("complete") or progress["committed_rows"] != meta["n_rows"]:
+    raise StoreError(
+        f"{path}: incomplete ({progress['committed_rows']}/{meta['n_rows']} rows "
+        "committed); rerun the embedding to finish it"
+    )
+  if check_alignment:
+    for other in list_models(root, dataset, split, kind, include_translated=True):
+      if other == model:
+        continue
+      o = read_meta(root, dataset, split, kind, other)
+      if o.get("rows_digest") != meta.get("rows_digest"):
+        raise StoreError(
+            f"{path}: row-text digest {str(meta.get('rows_digest'))[:12]}… differs from "
+            f"{array_dir(root, dataset, split, kind, other)} ({str(o.get('rows_digest'))[:12]}…): "
+            "rows are misaligned across models (different data, cap or chunker)"
+        )
+  x = np.asarray(_open_ts(path).read().result(), np.float32)
+  if x.shape != (meta["n_rows"], meta["dim"]):
+    raise StoreError(f"{path}: shape {x.shape} != meta [{meta['n_rows']}, {meta['dim']}]")
+  check_finite(x, str(path))
+  return x
 
 
-def read_models(root, dataset: str, split: str, kind: str,
-                models: list[str] | None = None) -> tuple[list[str], list[np.ndarray]]:
-    """The named models' arrays (default: every complete one), checked and row-aligned."""
-    models = list(models) if models else list_models(root, dataset, split, kind)
-    if not models:
-        raise StoreError(f"{_loc(root, dataset, split, kind)}: no complete arrays; run experiments/embed.py")
-    return models, [read_array(root, dataset, split, kind, m) for m in models]
+def read_models(
+    root, dataset: str, split: str, kind: str, models: list[str] | None = None
+) -> tuple[list[str], list[np.ndarray]]:
+  """The named models' arrays (default: every complete one), checked and row-aligned."""
+  models = list(models) if models else list_models(root, dataset, split, kind)
+  if not models:
+    raise StoreError(
+        f"{_loc(root, dataset, split, kind)}: no complete arrays; run experiments/embed.py"
+    )
+  return models, [read_array(root, dataset, split, kind, m) for m in models]
