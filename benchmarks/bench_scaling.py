@@ -65,7 +65,7 @@ def child(n_dev: int, quick: bool, repeats: int, out_path: str) -> None:
   res["fit_cos"] = np.asarray(out["chosen"]["cos"])
   cfg = mlp.StitchConfig(depth=1)
   tcfg = mlp.TrainConfig(
-      steps=sh["mlp_steps"], eval_every=sh["mlp_steps"], batch_size=128, warmup_steps=10
+      steps=sh["mlp_steps"], eval_every=sh["mlp_steps"], batch_size=128, warmup_steps=10, patience=0
   )
   plan = mlp.make_plan(sh["dims"], cfg)
   m_tr = mlp.stack_data([x[: sh["mlp_rows"]] for x in tr], plan)

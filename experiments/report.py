@@ -1,24 +1,19 @@
 """Builds the HTML report of a run directory.
 
-    python experiments/report.py --out=checkpoints/default
+    .venv/bin/python experiments/report.py --out=checkpoints/default
 
 Writes <out>/report/index.html, PNG figures, CSV tables and summary.txt.
 """
 
-from absl import app, flags
+import _cli
+from absl import app
 
-from lead_jax import distributed, report
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "checkpoints/default", "Run directory.")
+from lead_jax import pipeline
 
 
 def main(argv):
   del argv
-  distributed.initialize_from_flags()
-  path = report.build(FLAGS.out)
-  print((path.parent / "summary.txt").read_text())
-  print(path)
+  _cli.print_json(pipeline.run_stage(_cli.study_config(), "report"))
 
 
 if __name__ == "__main__":

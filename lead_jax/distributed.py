@@ -1,18 +1,19 @@
 """Beyond one chip: the device mesh, multi-process start-up, and each process's share of the work.
 
-Every absl binary takes the same flags (defined when this module is imported):
+Every stage reads the settings from `config.mesh` (`lead_jax.config.MeshConfig`):
 
-    --mesh_data=-1 --mesh_pairs=1          mesh shape (data × pairs; -1: all remaining devices)
-    --distributed=auto|on|off              start jax.distributed?
-    --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+    --config.mesh.data=-1 --config.mesh.pairs=1     mesh shape (data × pairs; -1: all the rest)
+    --config.mesh.distributed=auto|on|off          start jax.distributed?
+    --config.mesh.coordinator_address=HOST:PORT --config.mesh.num_processes=N
+    --config.mesh.process_id=I
 
-and calls `initialize_from_flags()` first thing in `main`. With `--distributed=auto`
-(the default) jax.distributed is started when more than one process is asked for, by
-the flags or by the environment (`LEAD_JAX_COORDINATOR`, `LEAD_JAX_NUM_PROCESSES`,
-`LEAD_JAX_PROCESS_ID`; flags win), or when running on a Cloud TPU VM, where JAX
-detects the coordinator, process count and process id itself (a single-host VM then
-runs as one process). `--distributed=on` always starts it, letting JAX detect what
-was not given (TPU VMs, Slurm, Open MPI); `off` never does.
+and `initialize` runs first. With `distributed=auto` (the default) jax.distributed is
+started when more than one process is asked for, by the config or by the environment
+(`LEAD_JAX_COORDINATOR`, `LEAD_JAX_NUM_PROCESSES`, `LEAD_JAX_PROCESS_ID`; the config
+wins), or when running on a Cloud TPU VM, where JAX detects the coordinator, process
+count and process id itself (a single-host VM then runs as one process). `on` always
+starts it, letting JAX detect what was not given (TPU VMs, Slurm, Open MPI); `off`
+never does.
 
 The mesh has two axes: `data` (rows are sharded over it; Gram contractions over rows
 become all-reduces) and `pairs` (model pairs may be spread over it). Devices are laid
@@ -37,43 +38,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from lead_jax.similarity.gram import DATA, PAIRS  # the axis names the engine constrains to
+DATA = "data"  # mesh axis over rows (Gram contractions become psums over it)
+PAIRS = "pairs"  # mesh axis over the pair / model-member axes
 
 MODES = ("auto", "on", "off")
 ENV_COORDINATOR = "LEAD_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "LEAD_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "LEAD_JAX_PROCESS_ID"
-# Flags a launcher (experiments/run_all.py) passes on to each stage it starts.
-FLAG_NAMES = (
-    "mesh_data",
-    "mesh_pairs",
-    "distributed",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-)
-
-flags.DEFINE_integer(
-    "mesh_data", -1, "Devices on the mesh's 'data' (row) axis; -1: all devices / mesh_pairs."
-)
-flags.DEFINE_integer("mesh_pairs", 1, "Devices on the mesh's 'pairs' axis.")
-flags.DEFINE_enum(
-    "distributed",
-    "auto",
-    MODES,
-    "Start jax.distributed: auto (when >1 process is given by flags or $LEAD_JAX_*, or on a "
-    "Cloud TPU VM), on (always; JAX detects what is not given), off.",
-)
-flags.DEFINE_string(
-    "coordinator_address", None, f"HOST:PORT of process 0 (default ${ENV_COORDINATOR})."
-)
-flags.DEFINE_integer("num_processes", None, f"Number of processes (default ${ENV_NUM_PROCESSES}).")
-flags.DEFINE_integer(
-    "process_id", None, f"This process's index, 0-based (default ${ENV_PROCESS_ID})."
-)
 
 
 def _env_int(name: str) -> int | None:
@@ -126,11 +100,6 @@ def initialize(
   return jax.process_count() > 1
 
 
-def initialize_from_flags() -> bool:
-  f = flags.FLAGS
-  return initialize(f.coordinator_address, f.num_processes, f.process_id, mode=f.distributed)
-
-
 def make_mesh(data: int = -1, pairs: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
   """A (data, pairs) mesh over `devices` (default: all devices of all processes), process-major."""
   devices = sorted(
@@ -148,7 +117,7 @@ def make_mesh(data: int = -1, pairs: int = 1, devices: Sequence[Any] | None = No
   if data * pairs != n:
     raise ValueError(
         f"mesh: data={data} × pairs={pairs} = {data * pairs}, but there are {n} devices; "
-        "set --mesh_data/--mesh_pairs so that their product is the device count"
+        "set config.mesh.data / config.mesh.pairs so that their product is the device count"
     )
   return Mesh(
       np.array(devices, dtype=object).reshape(data, pairs),
@@ -157,14 +126,10 @@ def make_mesh(data: int = -1, pairs: int = 1, devices: Sequence[Any] | None = No
   )
 
 
-def mesh_from_flags() -> Mesh:
-  return make_mesh(flags.FLAGS.mesh_data, flags.FLAGS.mesh_pairs)
-
-
-def engine_mesh() -> Mesh | None:
-  """The mesh the engine binaries pass to the library: from the flags when there is more
-  than one device, None (plain single-device jit) otherwise."""
-  return mesh_from_flags() if jax.device_count() > 1 else None
+def engine_mesh(data: int = -1, pairs: int = 1) -> Mesh | None:
+  """The mesh the stages pass to the engine: a `(data, pairs)` mesh when there is more than
+  one device, None (plain single-device jit) otherwise."""
+  return make_mesh(data, pairs) if jax.device_count() > 1 else None
 
 
 def engine_inputs(xs: Sequence[np.ndarray], mesh: Mesh | None) -> list:

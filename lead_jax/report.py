@@ -19,11 +19,11 @@ import pathlib
 import numpy as np
 import pandas as pd
 
+from lead_jax import files
+from lead_jax.layout import RunLayout
+from lead_jax.similarity.gram import CONTROL_NAME
+
 R2 = "r2_vw"  # variance-weighted R²: the per-dimension average explodes on near-constant dims
-
-
-def _read(path: pathlib.Path) -> pd.DataFrame | None:
-  return pd.read_parquet(path) if path.exists() else None
 
 
 def _short(name: str) -> str:
@@ -32,7 +32,7 @@ def _short(name: str) -> str:
       .replace("all-", "")
       .replace("-base-v2", "")
       .replace("-v2", "")
-      .replace("gaussian_control", "gauss")
+      .replace(CONTROL_NAME, "gauss")
   )
 
 
@@ -64,8 +64,9 @@ class Report:
     import matplotlib.pyplot as plt
 
     self.plt = plt
-    self.run = pathlib.Path(run_dir)
-    self.out = self.run / "report"
+    self.layout = run_dir if isinstance(run_dir, RunLayout) else RunLayout.of(run_dir)
+    self.run = self.layout.root
+    self.out = self.layout.report
     self.out.mkdir(parents=True, exist_ok=True)
     self.sections: list[str] = []
     self.summary: list[str] = []
@@ -94,28 +95,28 @@ class Report:
 
   # ------------------------------------------------------------------ data
   def load(self):
-    r = self.run
-    cka = r / "similarity" / "cka.npz"
+    lay = self.layout
+    cka = lay.similarity / "cka.npz"
     self.cka = dict(np.load(cka, allow_pickle=False)) if cka.exists() else None
-    self.cf = _read(r / "closed_form" / "results.parquet")
-    self.mlp = _read(r / "mlp_results.parquet")
-    self.native = _read(r / "retrieval" / "native.parquet")
-    self.stitched = _read(r / "retrieval" / "stitched.parquet")
-    self.overlap = _read(r / "retrieval" / "overlap.parquet")
+    self.cf = files.read_table(lay.closed_form_results)
+    self.mlp = files.read_table(lay.mlp_results)
+    self.native = files.read_table(lay.retrieval / "native.parquet")
+    self.stitched = files.read_table(lay.retrieval / "stitched.parquet")
+    self.overlap = files.read_table(lay.retrieval / "overlap.parquet")
     self.curves = {
-        p.parent.name: pd.read_parquet(p) for p in sorted((r / "mlp").glob("*/curves.parquet"))
+        p.parent.name: pd.read_parquet(p) for p in sorted(lay.mlp.glob("*/curves.parquet"))
     }
     if self.cf is not None:
       val = self.cf[self.cf.fold == "val"]
       self.val = val
-      run_json = r / "closed_form" / "run.json"
+      run_json = lay.closed_form / "run.json"
       order = (
           json.loads(run_json.read_text())["models"]
           if run_json.exists()
           else list(val.target.unique())
       )
       self.models = [
-          m for m in order if m in set(val[val.method == "ridge"].target) - {"gaussian_control"}
+          m for m in order if m in set(val[val.method == "ridge"].target) - {CONTROL_NAME}
       ]
       ridge = val[(val.method == "ridge") & val.chosen.astype(bool)]
       self.ridge = ridge
@@ -131,7 +132,7 @@ class Report:
     _heatmap(axs[1], self.cka["debiased"], names, names, "debiased CKA", vmin=0, vmax=1)
     img = self.fig("cka.png", f)
     lin, deb = np.asarray(self.cka["linear"]), np.asarray(self.cka["debiased"])
-    m = len(names) - (1 if names[-1] == "gaussian_control" else 0)
+    m = len(names) - (1 if names[-1] == CONTROL_NAME else 0)
     off = ~np.eye(m, dtype=bool)
     text = (
         f"Across {m} models, linear CKA averages {lin[:m, :m][off].mean():.3f} "
@@ -152,7 +153,7 @@ class Report:
     if self.cf is None:
       return self.section("Stitches", self.p("No closed-form stage output."))
     val, ridge, models = self.val, self.ridge, self.models
-    srcs = models + ["gaussian_control"]
+    srcs = models + [CONTROL_NAME]
     rows = srcs + ["train_mean", "zero"]
     ctrl = val[val.method.isin(["train_mean", "zero"]) & val.target.isin(models)]
 
@@ -179,7 +180,7 @@ class Report:
     mean_r2 = pair.value.mean()
     tm = ctrl[(ctrl.method == "train_mean") & (ctrl.metric == R2)].value.mean()
     zr = ctrl[(ctrl.method == "zero") & (ctrl.metric == R2)].value.mean()
-    gs = ridge[(ridge.metric == R2) & (ridge.source == "gaussian_control")].value.mean()
+    gs = ridge[(ridge.metric == R2) & (ridge.source == CONTROL_NAME)].value.mean()
     ret_txt = ""
     if self.stitched is not None:
       st = self.stitched[
@@ -327,15 +328,15 @@ class Report:
       )
 
   def spectra_figure(self):
-    sj = self.run / "closed_form" / "stitches.json"
+    sj = self.layout.closed_form / "stitches.json"
     if not sj.exists():
       return ""
     from lead_jax.stitch import io
 
-    tree, info = io.load_stitches(self.run / "closed_form")
+    tree, info = io.load_stitches(self.layout.closed_form)
     f, ax = self.plt.subplots(figsize=(7, 4))
     for it in info:
-      if it["source"] == "gaussian_control" or it["target"] == "gaussian_control":
+      if it["source"] == CONTROL_NAME or it["target"] == CONTROL_NAME:
         continue
       s = np.linalg.svd(np.asarray(tree[it["key"]]["W"], np.float64), compute_uv=False)
       ax.semilogy(s, lw=1, label=f"{_short(it['source'])}→{_short(it['target'])}")
@@ -351,7 +352,7 @@ class Report:
       return self.section("Retrieval", self.p("No retrieval stage output."))
     st = self.stitched[self.stitched.method == "ridge"]
     models = self.models if self.cf is not None else sorted(set(st.target))
-    srcs = models + ["gaussian_control"]
+    srcs = models + [CONTROL_NAME]
     g = st.pivot_table(index="source", columns="target", values="retention_ndcg@10").reindex(
         index=srcs, columns=models
     )
@@ -456,7 +457,7 @@ class Report:
         "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
     )
     info = {}
-    rj = self.run / "closed_form" / "run.json"
+    rj = self.layout.closed_form / "run.json"
     if rj.exists():
       info = json.loads(rj.read_text())
     head = (
@@ -474,5 +475,12 @@ class Report:
 
 
 def build(run_dir) -> pathlib.Path:
-  """Writes <run_dir>/report/ and returns the index.html path."""
+  """Writes the report of a run and returns its index.html path.
+
+  Args:
+    run_dir: a `RunLayout`, or a run directory.
+
+  Returns:
+    `<run>/report/index.html`.
+  """
   return Report(run_dir).write()

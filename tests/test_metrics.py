@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lead_jax.eval import metrics
+from lead_jax.stitch import metrics
 from lead_jax.stitch import closed_form as cf
 
 LAMS = np.array([0.0, 1e-2, 1.0, 100.0])

@@ -177,7 +177,7 @@ def test_checkpoint_round_trip(tmp_path):
   assert mlp_checkpoint.state_max_abs_diff(back, st) == 0.0
   assert meta["names"] == ["a", "b", "c"] and meta["pairs"][0] == [0, 1]
   tab = mlp.results_to_table(st, plan, va, cfg, meta["names"], dataset="toy")
-  from lead_jax.eval import metrics
+  from lead_jax.stitch import metrics
 
   assert list(tab.columns) == ["dataset", *metrics.TABLE_COLUMNS]
   assert set(tab["method"]) == {"mlp_d1_infonce"} and len(tab) == 6 * 9

@@ -13,7 +13,7 @@ import pytest
 
 from lead_jax import store
 from lead_jax.eval import retrieval as R
-from lead_jax.eval import saved_stitches
+from lead_jax.stitch import io as stitch_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -370,14 +370,14 @@ def test_translate_store_round_trip_resume_and_refusal(tmp_path, translate_run):
   np.testing.assert_array_equal(store.read_array(root, "toy", "val", "corpus", "resumed"), y)
 
   # refusals: a stitch whose source model or dim does not match the array
-  with pytest.raises(saved_stitches.StitchError, match="no stitch A→A"):
+  with pytest.raises(stitch_io.StitchError, match="no stitch A→A"):
     translate_run(**{**kw, "target": "A"})
   bad = _closed_form_dir(tmp_path / "bad_dim", [("A", "B", rng.normal(size=(5, 6)), np.zeros(6))])
-  with pytest.raises(saved_stitches.StitchError, match="dim 5"):
+  with pytest.raises(stitch_io.StitchError, match="dim 5"):
     translate_run(**{**kw, "stitch": bad, "name": "x"})
-  st = saved_stitches.find(saved_stitches.load(ck), "B", "A")
-  with pytest.raises(saved_stitches.StitchError, match="source is 'B'"):
-    saved_stitches.check_fits(st, "A", 6, "toy/val/corpus/A")
+  st = stitch_io.find(stitch_io.load(ck), "B", "A")
+  with pytest.raises(stitch_io.StitchError, match="source is 'B'"):
+    stitch_io.check_fits(st, "A", 6, "toy/val/corpus/A")
   # a different stitch into an existing array is refused by the store writer
   other = _closed_form_dir(tmp_path / "other", [("A", "B", w * 2, b)])
   with pytest.raises(store.StoreError, match="weights_digest"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from lead_jax.data import beir
-from lead_jax.data.beir import DataError, Dataset, Split, load, split_dataset  # noqa: F401
+from lead_jax.data.beir import DataError, Dataset, Split, dataset_name, load, split_dataset  # noqa: F401
 from lead_jax.data.chunking import ChunkConfig, chunk_documents, rows_digest
 
 KINDS = ("corpus", "query")

@@ -55,6 +55,14 @@ class Split:
   qrels: Mapping[str, Mapping[str, int]]
 
 
+def dataset_name(dataset: str) -> str:
+  """The store name of a dataset: `wordnet`, or a BEIR directory's own name.
+
+  Needs no files, so stages that only read the store can name the dataset.
+  """
+  return "wordnet" if dataset == "wordnet" else pathlib.Path(dataset).expanduser().resolve().name
+
+
 def resolve(dataset: str) -> tuple[str, pathlib.Path]:
   """`wordnet` (shipped) or a BEIR directory path -> (name, path)."""
   if dataset == "wordnet":
@@ -62,7 +70,7 @@ def resolve(dataset: str) -> tuple[str, pathlib.Path]:
   path = pathlib.Path(dataset).expanduser()
   if not path.is_dir():
     raise DataError(f"{dataset}: not a directory, and not a known dataset name ('wordnet')")
-  return path.resolve().name, path
+  return dataset_name(dataset), path
 
 
 def _find(path: pathlib.Path, stem: str) -> pathlib.Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -26,34 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lead_jax.encoders.layers import ACTIVATIONS, dense, layer_norm, mask_bias_bk
+
 MODEL_TYPES = ("bert",)
-
-
-def _gelu_exact(x):
-  return jax.nn.gelu(x, approximate=False)
-
-
-def _gelu_tanh(x):
-  return jax.nn.gelu(x, approximate=True)
-
-
-# HF `ACT2FN` names -> jax functions (only those BERT-family checkpoints use).
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": _gelu_exact,
-    "gelu_python": _gelu_exact,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+  """The fields of an HF `BertConfig` the forward pass needs.
+
+  Raises:
+    ValueError: `hidden_act` is not in `ACTIVATIONS`, or the heads do not divide
+      `hidden_size`.
+  """
+
   vocab_size: int
   hidden_size: int
   num_hidden_layers: int
@@ -78,6 +64,7 @@ class BertConfig:
 
   @property
   def head_dim(self) -> int:
+    """Width of one attention head."""
     return self.hidden_size // self.num_attention_heads
 
   @property
@@ -87,6 +74,18 @@ class BertConfig:
 
   @classmethod
   def from_hf_config(cls, cfg: Mapping[str, Any]) -> BertConfig:
+    """Reads an HF `config.json` dict (missing optional keys take HF's defaults).
+
+    Args:
+      cfg: the decoded `config.json`.
+
+    Returns:
+      The config.
+
+    Raises:
+      ValueError: relative position embeddings, or an unsupported activation.
+      KeyError: a required size is missing.
+    """
     pos = cfg.get("position_embedding_type", "absolute")
     if pos != "absolute":
       raise ValueError(f"position_embedding_type={pos!r} not supported (only 'absolute')")
@@ -105,17 +104,6 @@ class BertConfig:
         layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
         pad_token_id=int(cfg.get("pad_token_id") or 0),
     )
-
-
-def _layer_norm(eps: float) -> nn.LayerNorm:
-  # Always fp32 (dtype=float32 promotes bf16 inputs), two-pass variance like torch.
-  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name="LayerNorm")
-
-
-def attention_bias(attention_mask: jax.Array) -> jax.Array:
-  """[B, L] 0/1 mask -> [B, 1, 1, L] additive fp32 bias (0 keep, large negative drop)."""
-  keep = attention_mask.astype(bool)[:, None, None, :]
-  return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 class _SelfAttention(nn.Module):
@@ -145,7 +133,7 @@ class _SelfOutput(nn.Module):
   def __call__(self, ctx_blnd, residual_blh):
     c = self.config
     y_blh = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), dtype=self.dtype, name="dense")(ctx_blnd)
-    return _layer_norm(c.layer_norm_eps)(y_blh + residual_blh)
+    return layer_norm(c.layer_norm_eps)(y_blh + residual_blh)
 
 
 class _Attention(nn.Module):
@@ -165,9 +153,7 @@ class _Intermediate(nn.Module):
   @nn.compact
   def __call__(self, x_blh):
     c = self.config
-    return ACTIVATIONS[c.hidden_act](
-        nn.Dense(c.intermediate_size, dtype=self.dtype, name="dense")(x_blh)
-    )
+    return ACTIVATIONS[c.hidden_act](dense(c.intermediate_size, "dense", self.dtype)(x_blh))
 
 
 class _Output(nn.Module):
@@ -177,11 +163,13 @@ class _Output(nn.Module):
   @nn.compact
   def __call__(self, h_bli, residual_blh):
     c = self.config
-    y_blh = nn.Dense(c.hidden_size, dtype=self.dtype, name="dense")(h_bli)
-    return _layer_norm(c.layer_norm_eps)(y_blh + residual_blh)
+    y_blh = dense(c.hidden_size, "dense", self.dtype)(h_bli)
+    return layer_norm(c.layer_norm_eps)(y_blh + residual_blh)
 
 
 class BertLayer(nn.Module):
+  """One post-LN transformer layer: (x [B,L,H], mask bias [B,1,1,L]) -> [B,L,H]."""
+
   config: BertConfig
   dtype: Any = jnp.float32
 
@@ -193,18 +181,22 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
+  """The layer stack: (x [B,L,H], attention_mask [B,L] 0/1) -> [B,L,H]."""
+
   config: BertConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_blh, attention_mask):
-    bias_b11m = attention_bias(attention_mask)
+    bias_b11m = mask_bias_bk(attention_mask)[:, None, None, :]
     for i in range(self.config.num_hidden_layers):
       x_blh = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x_blh, bias_b11m)
     return x_blh
 
 
 class BertEmbeddings(nn.Module):
+  """Word + token type 0 + position embeddings, then LayerNorm: (ids, position ids) -> [B,L,H]."""
+
   config: BertConfig
 
   @nn.compact
@@ -215,7 +207,7 @@ class BertEmbeddings(nn.Module):
     # token_type_ids are all zero for sentence embedders: add row 0 of the table.
     x_blh = x_blh + embed(c.type_vocab_size, "token_type_embeddings").embedding[0]
     x_blh = x_blh + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
-    return _layer_norm(c.layer_norm_eps)(x_blh)
+    return layer_norm(c.layer_norm_eps)(x_blh)
 
 
 class BertModel(nn.Module):
@@ -225,6 +217,14 @@ class BertModel(nn.Module):
   dtype: Any = jnp.float32  # matmul compute dtype; params, LayerNorm and softmax stay fp32
 
   def position_ids(self, input_ids: jax.Array) -> jax.Array:
+    """Absolute positions 0..L-1 of each row.
+
+    Args:
+      input_ids: [B, L] token ids.
+
+    Returns:
+      int32 [B, L].
+    """
     return jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
 
   @nn.compact
@@ -240,7 +240,15 @@ _PREFIXES = ("bert.", "roberta.", "model.")
 
 
 def strip_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Drop a leading "bert."/"roberta."/"model." when the embeddings are found under it."""
+  """Drops a leading "bert."/"roberta."/"model." when the embeddings are found under it.
+
+  Args:
+    state: an HF state dict.
+
+  Returns:
+    The keys under that prefix, without it (and without the keys outside it), or a copy
+    of `state` when no prefix holds the embeddings.
+  """
   for p in _PREFIXES:
     if f"{p}embeddings.word_embeddings.weight" in state:
       return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
@@ -248,11 +256,22 @@ def strip_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def params_from_hf(state: Mapping[str, np.ndarray], config: BertConfig) -> dict:
-  """HF state dict (numpy, HF names, optional "bert."/"roberta." prefix) -> {"params": tree}.
+  """Converts an HF BERT state dict to this module's variables.
 
   Linear weights [out, in] become kernels [in, out]; attention kernels get a
   head axis. Old "gamma"/"beta" LayerNorm names are accepted. Pooler, MLM heads
-  and buffers are ignored; a missing or mis-shaped tensor raises naming the key.
+  and buffers are ignored.
+
+  Args:
+    state: numpy arrays under HF names, optionally prefixed "bert."/"roberta."/"model.".
+    config: the model's config.
+
+  Returns:
+    `{"params": tree}`, contiguous fp32 numpy arrays.
+
+  Raises:
+    KeyError: a tensor is missing (named).
+    ValueError: a tensor has the wrong shape (named).
   """
   sd = strip_prefix(state)
   c = config
@@ -274,7 +293,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: BertConfig) -> dict:
   def ln(prefix: str) -> dict:
     return {"scale": get(f"{prefix}.weight", (H,)), "bias": get(f"{prefix}.bias", (H,))}
 
-  def dense(prefix: str, n_out: int, n_in: int) -> dict:
+  def linear(prefix: str, n_out: int, n_in: int) -> dict:
     return {
         "kernel": get(f"{prefix}.weight", (n_out, n_in)).T,
         "bias": get(f"{prefix}.bias", (n_out,)),
@@ -310,9 +329,9 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: BertConfig) -> dict:
                 "LayerNorm": ln(f"{p}.attention.output.LayerNorm"),
             },
         },
-        "intermediate": {"dense": dense(f"{p}.intermediate.dense", c.intermediate_size, H)},
+        "intermediate": {"dense": linear(f"{p}.intermediate.dense", c.intermediate_size, H)},
         "output": {
-            "dense": dense(f"{p}.output.dense", H, c.intermediate_size),
+            "dense": linear(f"{p}.output.dense", H, c.intermediate_size),
             "LayerNorm": ln(f"{p}.output.LayerNorm"),
         },
     }

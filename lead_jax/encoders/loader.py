@@ -14,7 +14,6 @@ read with torch.load(weights_only=True).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lead_jax.encoders import pooling as pooling_lib
-from lead_jax.encoders.pooling import DenseSpec, PoolingSpec, _read_json, l2_normalize
+from lead_jax.encoders.pooling import DenseSpec, PoolingSpec
+from lead_jax.files import read_json, sha256_files
+from lead_jax.numerics import l2_normalize  # re-exported: callers normalise `embed_fn` outputs
 
 __all__ = [
     "LoadedEncoder",
@@ -45,11 +46,18 @@ _ARCHITECTURES: dict[str, str] = {}
 
 
 def register_architecture(model_type: str, module_path: str) -> None:
-  """Map an HF `model_type` to a module that follows the architecture contract.
+  """Maps an HF `model_type` to a module that follows the architecture contract.
 
   The module defines a frozen config dataclass with `from_hf_config`, a flax
   Module `(input_ids, attention_mask) -> [B, L, H]`, `params_from_hf(state,
-  config)` and `MODEL_TYPES`. Registering a model_type twice raises.
+  config)` and `MODEL_TYPES`. It is imported on first use.
+
+  Args:
+    model_type: the `model_type` of HF `config.json` files.
+    module_path: the dotted module name.
+
+  Raises:
+    ValueError: `model_type` is already registered.
   """
   if model_type in _ARCHITECTURES:
     raise ValueError(
@@ -74,11 +82,20 @@ def _public_classes(mod: ModuleType) -> list[type]:
 
 
 def architecture_module(model_type: str) -> tuple[ModuleType, type, type[nn.Module]]:
-  """model_type -> (module, ConfigClass, ModelClass).
+  """Imports the module registered for `model_type` and finds its classes.
 
   The classes are `CONFIG_CLASS` / `MODEL_CLASS` when the module defines them;
   otherwise the one public class there with `from_hf_config`, and the one
   public flax Module whose name ends in "Model".
+
+  Args:
+    model_type: an HF `model_type`.
+
+  Returns:
+    (module, config class, flax model class).
+
+  Raises:
+    ValueError: the type is not registered, or the module breaks the contract.
   """
   if model_type not in _ARCHITECTURES:
     raise ValueError(f"model_type {model_type!r} not supported; known: {sorted(_ARCHITECTURES)}")
@@ -111,7 +128,7 @@ _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _shards(index_path: pathlib.Path) -> list[pathlib.Path]:
-  weight_map = _read_json(index_path).get("weight_map")
+  weight_map = read_json(index_path).get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise ValueError(f"{index_path}: no weight_map")
   return [index_path.parent / f for f in sorted(set(weight_map.values()))]
@@ -120,7 +137,20 @@ def _shards(index_path: pathlib.Path) -> list[pathlib.Path]:
 def weight_files(
     model_dir: str | pathlib.Path, *, allow_pickle: bool = False
 ) -> list[pathlib.Path]:
-  """The weight file(s) of a directory: safetensors preferred, pickle only when allowed."""
+  """The weight file(s) of a directory: safetensors preferred, pickle only when allowed.
+
+  Args:
+    model_dir: the directory.
+    allow_pickle: accept `pytorch_model.bin` (or its shard index) when no safetensors exist.
+
+  Returns:
+    The files, shards in name order.
+
+  Raises:
+    PermissionError: only a pickle is present and `allow_pickle` is False.
+    FileNotFoundError: no weights at all.
+    ValueError: a shard index without a `weight_map`.
+  """
   d = pathlib.Path(model_dir)
   if (d / "model.safetensors").exists():
     return [d / "model.safetensors"]
@@ -162,6 +192,17 @@ def _load_one(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def load_state_dict(files: Sequence[pathlib.Path]) -> dict[str, np.ndarray]:
+  """Reads weight files into one numpy state dict (bf16, which numpy lacks, as fp32).
+
+  Args:
+    files: safetensors files, or pickles (read with `torch.load(weights_only=True)`).
+
+  Returns:
+    Tensor name -> array, later files overriding earlier ones.
+
+  Raises:
+    ValueError: a file could not be read (named).
+  """
   state: dict[str, np.ndarray] = {}
   for f in files:
     try:
@@ -169,15 +210,6 @@ def load_state_dict(files: Sequence[pathlib.Path]) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - safetensors/torch raise assorted types; keep the path
       raise ValueError(f"{f}: could not read weights: {e}") from e
   return state
-
-
-def _sha256(files: Sequence[pathlib.Path]) -> str:
-  h = hashlib.sha256()
-  for f in files:
-    with open(f, "rb") as fh:
-      for block in iter(lambda: fh.read(1 << 22), b""):
-        h.update(block)
-  return h.hexdigest()
 
 
 def _load_tokenizer(model_dir: pathlib.Path):
@@ -200,9 +232,9 @@ def _load_tokenizer(model_dir: pathlib.Path):
 def _resolve_max_length(tdir: pathlib.Path, config: Any) -> int:
   cap = getattr(config, "max_positions", None)
   sbert = tdir / "sentence_bert_config.json"
-  n = _read_json(sbert).get("max_seq_length") if sbert.exists() else None
+  n = read_json(sbert).get("max_seq_length") if sbert.exists() else None
   if n is None and (tdir / "tokenizer_config.json").exists():
-    m = _read_json(tdir / "tokenizer_config.json").get("model_max_length")
+    m = read_json(tdir / "tokenizer_config.json").get("model_max_length")
     n = m if isinstance(m, int) and m < 100_000 else None
   n = n if n is not None else cap
   if n is None:
@@ -218,8 +250,11 @@ def _resolve_max_length(tdir: pathlib.Path, config: Any) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedEncoder:
-  """A local encoder ready to run. `embed_fn(params, input_ids, attention_mask) -> [B, D]`
-  is pure (forward -> pool -> Dense...); normalization is left to the caller."""
+  """A local encoder ready to run.
+
+  `embed_fn(params, input_ids, attention_mask) -> [B, D]` is pure (forward -> pool ->
+  Dense...); normalization is left to the caller.
+  """
 
   model_dir: pathlib.Path
   model_type: str
@@ -231,19 +266,15 @@ class LoadedEncoder:
   dense: tuple[DenseSpec, ...]
   normalize: bool  # sentence-transformers' modules.json has a Normalize step
   max_length: int  # tokens, specials included
-  weights_digest: (
-      str  # sha256 over the weight files: transformer shards in name order, then Dense heads
-  )
+  # sha256 over the weight files: transformer shards in name order, then Dense heads
+  weights_digest: str
   tokenizer: Any  # tokenizers.Tokenizer, truncating at max_length, not padding
   pad_token_id: int
   embed_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
   @property
-  def dense_params(self) -> tuple[dict, ...] | None:
-    return self.params["dense"] or None
-
-  @property
   def dim(self) -> int:
+    """Width of `embed_fn`'s output."""
     return jax.eval_shape(
         self.embed_fn,
         self.params,
@@ -254,10 +285,19 @@ class LoadedEncoder:
   def tokenize(
       self, texts: Sequence[str], *, pad_to: int | None = None, pad_to_multiple_of: int = 8
   ) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> (input_ids, attention_mask), int32 [B, L], right-padded.
+    """Tokenizes texts into right-padded int32 [B, L] arrays.
 
-    L is `pad_to` if given, else the longest row rounded up to a multiple of
-    `pad_to_multiple_of` (never above max_length unless pad_to asks).
+    Args:
+      texts: the texts (truncated at `max_length` tokens).
+      pad_to: L; default the longest row rounded up to a multiple of
+        `pad_to_multiple_of`, never above `max_length`.
+      pad_to_multiple_of: see `pad_to`.
+
+    Returns:
+      (input_ids, attention_mask).
+
+    Raises:
+      ValueError: a text has more tokens than `pad_to`.
     """
     encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
     longest = max((len(e.ids) for e in encs), default=1)
@@ -275,7 +315,19 @@ class LoadedEncoder:
     return ids, mask
 
 
-def make_embed_fn(module: nn.Module, pooling: PoolingSpec, dense: Sequence[DenseSpec]):
+def make_embed_fn(
+    module: nn.Module, pooling: PoolingSpec, dense: Sequence[DenseSpec]
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """Builds the pure `embed_fn(params, input_ids, attention_mask) -> [B, D]` of an encoder.
+
+  Args:
+    module: the Flax backbone (`params["model"]` are its variables).
+    pooling: how token states are pooled.
+    dense: the Dense heads after pooling (`params["dense"]` holds theirs, in order).
+
+  Returns:
+    The function: backbone -> pooling -> each Dense head.
+  """
   dense = tuple(dense)
 
   def embed_fn(params, input_ids, attention_mask):
@@ -296,10 +348,22 @@ def load_hf_encoder(
     pooling: PoolingSpec | None = None,
     max_length: int | None = None,
 ) -> LoadedEncoder:
-  """Read a local HF / sentence-transformers directory into a LoadedEncoder.
+  """Reads a local HF / sentence-transformers directory into a `LoadedEncoder`.
 
-  pooling / max_length override what the directory's files say (default
-  pooling when no 1_Pooling exists: mean). Raises naming the offending file.
+  Args:
+    model_dir: the directory (a sentence-transformers layout or a bare HF model).
+    allow_pickle: accept a `pytorch_model.bin`-only directory.
+    dtype: the matmul compute dtype (params, norms and softmax stay fp32).
+    pooling: overrides the directory's `1_Pooling` (default without one: mean).
+    max_length: overrides the directory's token limit.
+
+  Returns:
+    The encoder, its params on the default device.
+
+  Raises:
+    FileNotFoundError: the directory or a needed file is missing.
+    PermissionError: only pickled weights and not `allow_pickle`.
+    ValueError: an unsupported or inconsistent config or checkpoint (the file is named).
   """
   root = pathlib.Path(model_dir).expanduser()
   if not root.is_dir():
@@ -308,7 +372,7 @@ def load_hf_encoder(
   tdir = root / st.transformer_path if st is not None else root
 
   cfg_path = tdir / "config.json"
-  hf_config = _read_json(cfg_path)
+  hf_config = read_json(cfg_path)
   model_type = hf_config.get("model_type")
   try:
     arch, cfg_cls, model_cls = architecture_module(model_type)
@@ -360,7 +424,7 @@ def load_hf_encoder(
       dense=tuple(dense_specs),
       normalize=bool(st is not None and st.normalize),
       max_length=int(max_length),
-      weights_digest=_sha256(digest_files),
+      weights_digest=sha256_files(digest_files),
       tokenizer=tokenizer,
       pad_token_id=pad_id,
       embed_fn=make_embed_fn(module, pooling, dense_specs),

@@ -19,11 +19,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lead_jax.encoders.t5 import ACTIVATIONS, check_params_tree, mask_bias_bk, position_bias_hqk
+from lead_jax.encoders.layers import (
+    ACTIVATIONS,
+    check_params_tree,
+    dense,
+    layer_norm,
+    relative_attention,
+    relative_attention_bias,
+)
 
 MODEL_TYPES = ("mpnet",)
 
@@ -35,6 +41,8 @@ _HF_BUCKETS, _HF_MAX_DISTANCE = 32, 128
 
 @dataclasses.dataclass(frozen=True)
 class MPNetConfig:
+  """The fields of an HF `MPNetConfig` the backbone needs (defaults: mpnet-base)."""
+
   vocab_size: int = 30527
   hidden_size: int = 768
   num_hidden_layers: int = 12
@@ -48,6 +56,18 @@ class MPNetConfig:
 
   @classmethod
   def from_hf_config(cls, cfg: Mapping[str, Any]) -> MPNetConfig:
+    """Reads an HF `config.json` dict (unknown keys are ignored).
+
+    Args:
+      cfg: the decoded `config.json`.
+
+    Returns:
+      The config.
+
+    Raises:
+      ValueError: not an MPNet config, an unsupported activation, heads that do not divide
+        `hidden_size`, or fewer than 32 relative-attention buckets.
+    """
     if cfg.get("model_type", "mpnet") not in MODEL_TYPES:
       raise ValueError(
           f"MPNetConfig.from_hf_config: model_type {cfg.get('model_type')!r} is not mpnet"
@@ -73,18 +93,9 @@ class MPNetConfig:
     return self.max_position_embeddings - self.pad_token_id - 1
 
 
-def _dense(features: int, name: str, dtype: Any) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
-  # fp32 statistics and output; two-pass variance as torch computes it.
-  return nn.LayerNorm(
-      epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name
-  )
-
-
 class MPNetSelfAttention(nn.Module):
+  """Self-attention with the shared relative-position bias: (x [B,L,D], bias parts) -> [B,L,D]."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
@@ -95,48 +106,52 @@ class MPNetSelfAttention(nn.Module):
     h = cfg.num_attention_heads
     k = d // h
     # Scale q instead of the [B,H,L,L] scores; same maths as HF.
-    q_blhk = (_dense(d, "q", self.dtype)(x_bld) * (k**-0.5)).reshape(b, l, h, k)
-    k_blhk = _dense(d, "k", self.dtype)(x_bld).reshape(b, l, h, k)
-    v_blhk = _dense(d, "v", self.dtype)(x_bld).reshape(b, l, h, k)
-    pos_hqk, mask_bk = bias_parts
-    scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
-    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
-    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
-    ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
-    return _dense(d, "o", self.dtype)(ctx_blhk.reshape(b, l, d))
+    q_blhk = (dense(d, "q", self.dtype)(x_bld) * (k**-0.5)).reshape(b, l, h, k)
+    k_blhk = dense(d, "k", self.dtype)(x_bld).reshape(b, l, h, k)
+    v_blhk = dense(d, "v", self.dtype)(x_bld).reshape(b, l, h, k)
+    ctx_blhk = relative_attention(q_blhk, k_blhk, v_blhk, bias_parts, self.dtype)
+    return dense(d, "o", self.dtype)(ctx_blhk.reshape(b, l, d))
 
 
 class MPNetAttention(nn.Module):
+  """Post-LN residual self-attention sublayer."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_bld, bias_parts):
     y_bld = MPNetSelfAttention(self.config, self.dtype, name="attn")(x_bld, bias_parts)
-    return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
+    return layer_norm(self.config.layer_norm_eps)(y_bld + x_bld)
 
 
 class MPNetIntermediate(nn.Module):
+  """The feed-forward up-projection and activation."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_bld):
     cfg = self.config
-    return ACTIVATIONS[cfg.hidden_act](_dense(cfg.intermediate_size, "dense", self.dtype)(x_bld))
+    return ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, "dense", self.dtype)(x_bld))
 
 
 class MPNetOutput(nn.Module):
+  """The feed-forward down-projection, residual and LayerNorm."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h_blf, x_bld):
-    y_bld = _dense(self.config.hidden_size, "dense", self.dtype)(h_blf)
-    return _layer_norm(self.config.layer_norm_eps, "LayerNorm")(y_bld + x_bld)
+    y_bld = dense(self.config.hidden_size, "dense", self.dtype)(h_blf)
+    return layer_norm(self.config.layer_norm_eps)(y_bld + x_bld)
 
 
 class MPNetLayer(nn.Module):
+  """One post-LN transformer layer."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
@@ -148,6 +163,8 @@ class MPNetLayer(nn.Module):
 
 
 class MPNetEmbeddings(nn.Module):
+  """Word + RoBERTa-style absolute position embeddings, then LayerNorm: ids -> [B,L,D]."""
+
   config: MPNetConfig
 
   @nn.compact
@@ -159,26 +176,26 @@ class MPNetEmbeddings(nn.Module):
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, param_dtype=jnp.float32, name=name)
     x_bld = embed(cfg.vocab_size, "word_embeddings")(input_ids)
     x_bld = x_bld + embed(cfg.max_position_embeddings, "position_embeddings")(pos_bl)
-    return _layer_norm(cfg.layer_norm_eps, "LayerNorm")(x_bld)
+    return layer_norm(cfg.layer_norm_eps)(x_bld)
 
 
 class MPNetEncoder(nn.Module):
+  """The layer stack plus the relative-position bias table they share."""
+
   config: MPNetConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_bld, attention_mask):
     cfg = self.config
-    l = x_bld.shape[1]
-    table_nh = self.param(
-        "relative_attention_bias",
-        nn.initializers.normal(0.02),
-        (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
-        jnp.float32,
-    )
-    bias_parts = (
-        position_bias_hqk(table_nh, l, l, _HF_BUCKETS, _HF_MAX_DISTANCE),
-        mask_bias_bk(attention_mask),
+    bias_parts = relative_attention_bias(
+        self,
+        attention_mask,
+        table_rows=cfg.relative_attention_num_buckets,
+        num_heads=cfg.num_attention_heads,
+        num_buckets=_HF_BUCKETS,
+        max_distance=_HF_MAX_DISTANCE,
+        init_stddev=0.02,
     )
     for i in range(cfg.num_hidden_layers):
       x_bld = MPNetLayer(cfg, self.dtype, name=f"layer_{i}")(x_bld, bias_parts)
@@ -207,7 +224,19 @@ _EMBEDDINGS = ("word_embeddings", "position_embeddings", "relative_attention_bia
 
 
 def params_from_hf(state: Mapping[str, np.ndarray], config: MPNetConfig) -> dict:
-  """HF MPNet state dict (numpy, HF names, with or without "mpnet.") → {"params": ...}."""
+  """Converts an HF MPNet state dict to `MPNetModel`'s variables.
+
+  Args:
+    state: numpy arrays under HF names, with or without the "mpnet." prefix (pooler,
+      LM and classifier heads and buffers are ignored).
+    config: the model's config.
+
+  Returns:
+    `{"params": tree}`, fp32 numpy arrays.
+
+  Raises:
+    ValueError: the tree does not fit `config` (every problem named).
+  """
   params: dict = {}
   for key, value in state.items():
     key = key.removeprefix("mpnet.")

@@ -39,12 +39,12 @@ import numpy as np
 from absl import logging
 
 from lead_jax.data.chunking import encoding
+from lead_jax.encoders import registry
 
 PREFIX = "openai/"
-KNOWN_DIMS = {
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-    "text-embedding-ada-002": 1536,
+# Output widths by API name: the registered OpenAI models', plus the older ada-002.
+KNOWN_DIMS = {n: registry.get(n).dim for n in registry.names("openai")} | {
+    "text-embedding-ada-002": 1536
 }
 
 
@@ -54,6 +54,8 @@ class OpenAIEmbeddingError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class OpenAIConfig:
+  """One OpenAI embedding model and how requests to it are cut, run and retried."""
+
   model: str  # API model name, without the "openai/" prefix
   dimensions: int | None = None
   max_inputs: int = 2048  # API limit per request
@@ -69,17 +71,41 @@ class OpenAIConfig:
 
 
 def api_name(model: str) -> str:
+  """The API model name of a lead_jax model name.
+
+  Args:
+    model: "openai/<name>" or a bare API name.
+
+  Returns:
+    The name without the "openai/" prefix.
+  """
   return model[len(PREFIX) :] if model.startswith(PREFIX) else model
 
 
 def redact(text: str, secret: str | None) -> str:
+  """Replaces every occurrence of a secret.
+
+  Args:
+    text: a message.
+    secret: the API key (None or empty: nothing to hide).
+
+  Returns:
+    `text` with the secret replaced by "[REDACTED]".
+  """
   if secret:
     text = text.replace(secret, "[REDACTED]")
   return text
 
 
 def safe_base_url(url: str | None) -> str | None:
-  """The base URL without credentials or query, fit for metadata."""
+  """The base URL without credentials or query, fit for metadata.
+
+  Args:
+    url: a base URL, or None.
+
+  Returns:
+    scheme://host[:port]/path, or None for no URL.
+  """
   if not url:
     return None
   p = urllib.parse.urlsplit(url)
@@ -110,7 +136,18 @@ def _retry_after(response) -> float | None:
 
 
 class OpenAIEmbedder:
-  """Embeds lists of texts through the official client; `embed(texts) -> [n, dim] float32`."""
+  """Embeds lists of texts through the official client; `embed(texts) -> [n, dim] float32`.
+
+  Args:
+    cfg: the model and request limits.
+    api_key: the key (default `$OPENAI_API_KEY`); never logged or stored.
+    base_url: the API base URL (default the client's: `$OPENAI_BASE_URL` or OpenAI).
+    client: an `openai.OpenAI`-like client to use instead of making one (tests).
+    sleep: how to wait between retries (tests pass a fake).
+
+  Raises:
+    OpenAIEmbeddingError: no client and no key.
+  """
 
   def __init__(
       self,
@@ -147,7 +184,14 @@ class OpenAIEmbedder:
 
   # ---------------------------------------------------------------- preparing inputs
   def prepare(self, texts: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Truncated texts and their cl100k token counts."""
+    """Cuts texts at `max_input_tokens` cl100k tokens and counts their tokens.
+
+    Args:
+      texts: the texts.
+
+    Returns:
+      (texts to send, an empty one as " "; token counts, at least 1).
+    """
     toks = self._enc.encode_ordinary_batch(list(texts), num_threads=2)
     out, counts = [], []
     for text, t in zip(texts, toks):
@@ -161,7 +205,14 @@ class OpenAIEmbedder:
     return out, counts
 
   def plan(self, counts: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive [start, stop) request ranges within the input and token limits."""
+    """Cuts the inputs into requests within the per-request input and token limits.
+
+    Args:
+      counts: the token count of each input.
+
+    Returns:
+      Consecutive [start, stop) ranges covering every input.
+    """
     cap = min(self.cfg.batch_size, self.cfg.max_inputs)
     spans, start, tokens = [], 0, 0
     for i, c in enumerate(counts):
@@ -226,7 +277,17 @@ class OpenAIEmbedder:
     return out
 
   def request(self, inputs: list[str]) -> np.ndarray:
-    """One request with bounded retries (exponential backoff, full jitter, Retry-After)."""
+    """Runs one request with bounded retries (exponential backoff, full jitter, Retry-After).
+
+    Args:
+      inputs: the texts of the request.
+
+    Returns:
+      float32 [len(inputs), dim].
+
+    Raises:
+      OpenAIEmbeddingError: a non-retryable error, or retries exhausted.
+    """
     for attempt in range(self.cfg.max_retries + 1):
       try:
         with self._lock:
@@ -255,6 +316,17 @@ class OpenAIEmbedder:
 
   # ---------------------------------------------------------------- many texts
   def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """Embeds texts, running the requests concurrently.
+
+    Args:
+      texts: the texts.
+
+    Returns:
+      float32 [len(texts), dim], in input order.
+
+    Raises:
+      OpenAIEmbeddingError: a request failed for good, or rows went missing.
+    """
     inputs, counts = self.prepare(texts)
     spans = self.plan(counts)
     with cf.ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
@@ -268,6 +340,7 @@ class OpenAIEmbedder:
 
   @property
   def dim(self) -> int:
+    """The output width: configured, known, or probed with one request."""
     if self.cfg.dimensions:
       return self.cfg.dimensions
     if self.cfg.model in KNOWN_DIMS:
@@ -277,14 +350,22 @@ class OpenAIEmbedder:
     return self._probed_dim
 
   def counters(self) -> dict:
-    """Requests, retries and truncated inputs since the last call (then reset)."""
+    """Requests, retries and truncated inputs since the last call (then reset).
+
+    Returns:
+      `{"requests", "retries", "truncated_inputs"}` counts.
+    """
     with self._lock:
       out = {"requests": self.requests, "retries": self.retries, "truncated_inputs": self.truncated}
       self.requests = self.retries = self.truncated = 0
     return out
 
   def meta(self) -> dict:
-    """Metadata for meta.json: identity of the model, never the key."""
+    """Metadata for meta.json: identity of the model, never the key.
+
+    Returns:
+      The fields the store records for this model.
+    """
     ident = f"openai:{self.cfg.model}:{self.cfg.dimensions}"
     return {
         "source": "openai",

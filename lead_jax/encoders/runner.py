@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
-
-from lead_jax import data, store
-from lead_jax.data import ChunkConfig, Rows
 
 
 def bucket_lengths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
@@ -103,78 +98,6 @@ class Runner:
     return result
 
 
-def embed_rows_to_store(
-    embed: Callable[[list[str]], np.ndarray],
-    dim: int,
-    rows: Rows,
-    root,
-    model: str,
-    *,
-    prefix: str = "",
-    meta: dict,
-    dtype: str = "float32",
-    block_rows: int = 2048,
-    overwrite: bool = False,
-    log_every_s: float = 10.0,
-    final_meta: Callable[[], dict] | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> store.Writer:
-  """Embeds `rows` (with `prefix` prepended) into the store, resuming a partial array.
-
-  `embed(texts) -> [len(texts), dim]` is any encoder (`Runner.embed`, the OpenAI
-  embedder); `final_meta()` adds run facts (e.g. truncation counts) at the end.
-  With several processes (default: jax's) each embeds its own rows; all must call this,
-  and process 0's `final_meta()` is the one recorded.
-  """
-  p = jax.process_index() if process_index is None else process_index
-  n = jax.process_count() if process_count is None else process_count
-  writer = store.open_writer(
-      root,
-      rows.dataset,
-      rows.split,
-      rows.kind,
-      model,
-      n_rows=len(rows),
-      dim=dim,
-      dtype=dtype,
-      block_rows=block_rows,
-      overwrite=overwrite,
-      meta={**meta, "rows_digest": rows.digest, "prefix": prefix},
-      process_index=p,
-      process_count=n,
-  )
-  name = f"{rows.dataset}/{rows.split}/{rows.kind}/{model}" + (
-      f" (process {p}/{n})" if n > 1 else ""
-  )
-  if writer.complete:
-    logging.info("%s: complete (%d rows), skipping", name, writer.n_rows)
-    return writer
-  if writer.committed_rows:
-    logging.info(
-        "%s: resuming at row %d of [%d, %d)", name, writer.next_row, writer.start, writer.stop
-    )
-  t0, done0, last = time.time(), writer.next_row, 0.0
-  for start in range(writer.next_row, writer.stop, writer.block_rows):
-    stop = min(start + writer.block_rows, writer.stop)
-    writer.write(start, embed([prefix + t for t in rows.texts[start:stop]]))
-    now = time.time()
-    if now - last >= log_every_s or stop == writer.stop:
-      rate = (stop - done0) / max(now - t0, 1e-9)
-      eta = (writer.stop - stop) / max(rate, 1e-9)
-      logging.info(
-          "%s: %d/%d rows, %.1f rows/s, ETA %.0fs",
-          name,
-          stop - writer.start,
-          writer.stop - writer.start,
-          rate,
-          eta,
-      )
-      last = now
-  writer.finish(final_meta() if final_meta else None)
-  return writer
-
-
 @dataclasses.dataclass(frozen=True)
 class Prepared:
   """A registry model ready to embed: the runner-facing encoder plus what goes in meta.json."""
@@ -233,90 +156,3 @@ def load_encoder(
       "compute_dtype": jnp.dtype(compute_dtype).name,
   }
   return Prepared(spec, encoder, meta)
-
-
-def embed_dataset(
-    *,
-    dataset,
-    models,
-    splits=("train", "val"),
-    kinds=("corpus", "query"),
-    out="checkpoints/store",
-    max_docs=None,
-    n_train=20_000,
-    n_val=5_000,
-    seed=0,
-    qrels_split=None,
-    chunk_cfg=None,
-    batch_size=64,
-    block_rows=2048,
-    bf16=False,
-    store_dtype="float32",
-    allow_pickle=False,
-    overwrite=False,
-    openai_cfg=None,
-    openai_api_key=None,
-) -> dict:
-  """Embeds a dataset's rows (each split × kind) with each model into the store at `out`.
-
-  Complete arrays holding the same rows are skipped; partial ones resume. Names starting
-  with "openai/" go through the OpenAI embedder, the rest through the Flax runner.
-  Returns {model: "complete" | {"seconds", "rows"}}.
-  """
-  from lead_jax.encoders import openai_encoder
-
-  chunk_cfg = chunk_cfg or ChunkConfig()
-  ds = data.load(dataset, qrels_split)
-  split_map = data.split_dataset(ds, n_train=n_train, n_val=n_val, max_docs=max_docs, seed=seed)
-  rows = {(s, k): data.build_rows(ds, split_map[s], k, chunk_cfg) for s in splits for k in kinds}
-  summary = {}
-  for name in models:
-    # an array with other rows (another cap or chunker) is not complete: open_writer refuses it below
-    pending = [
-        r
-        for r in rows.values()
-        if not store.is_complete(out, ds.name, r.split, r.kind, name, r.digest)
-    ]
-    if not pending:
-      logging.info("%s: all arrays complete, skipping", name)
-      summary[name] = "complete"
-      continue
-    t0 = time.time()
-    if name.startswith(openai_encoder.PREFIX):
-      cfg = dataclasses.replace(
-          openai_cfg or openai_encoder.OpenAIConfig(model=""), model=openai_encoder.api_name(name)
-      )
-      emb = openai_encoder.OpenAIEmbedder(cfg, api_key=openai_api_key)
-      embed, dim, model_meta, prefixes = emb.embed, emb.dim, emb.meta(), ("", "")
-      final = emb.counters  # per array: each call reports and resets
-    else:
-      prep = load_encoder(
-          name, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32, allow_pickle=allow_pickle
-      )
-      run_ = Runner(prep.encoder, normalize=prep.spec.normalize, batch_size=batch_size)
-      embed, dim, model_meta, final = run_.embed, int(prep.encoder.dim), prep.meta, None
-      prefixes = (prep.spec.query_prefix, prep.spec.passage_prefix)
-    meta = {
-        **model_meta,
-        "chunker": chunk_cfg.to_json(),
-        "dataset_seed": seed,
-        "qrels_split": ds.qrels_split,
-        "dataset_cap": {"n_train": n_train, "n_val": n_val, "max_docs": max_docs, "seed": seed},
-    }
-    for r in pending:
-      prefix = prefixes[0] if r.kind == "query" else prefixes[1]
-      embed_rows_to_store(
-          embed,
-          dim,
-          r,
-          out,
-          name,
-          prefix=prefix,
-          meta=meta,
-          dtype=store_dtype,
-          block_rows=block_rows,
-          overwrite=overwrite,
-          final_meta=final,
-      )
-    summary[name] = {"seconds": round(time.time() - t0, 1), "rows": sum(len(r) for r in pending)}
-  return summary

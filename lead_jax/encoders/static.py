@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,27 +30,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STATIC_CONFIG = "static_config.json"
+from lead_jax.encoders.registry import STATIC_CONFIG
+from lead_jax.files import read_json, sha256_file
+from lead_jax.numerics import HIGHEST, l2_normalize
 
 
 def static_embed(
     table_vd: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, *, normalize: bool = False
 ) -> jax.Array:
-  """[V, D] table, [B, S] ids and mask -> [B, D] masked-mean embeddings (float32)."""
+  """Masked-mean token-table embeddings, as `WordLlamaInference.embed` computes them.
+
+  Args:
+    table_vd: [V, D] float32 token table.
+    input_ids: [B, S] ids (clipped into the table).
+    attention_mask: [B, S] 0/1.
+    normalize: L2-normalise each row (zero rows stay zero).
+
+  Returns:
+    float32 [B, D].
+  """
   ids_bs = jnp.clip(input_ids, 0, table_vd.shape[0] - 1)
   x_bsd = jnp.take(table_vd, ids_bs, axis=0)
   m_bs = attention_mask.astype(jnp.float32)
-  sum_bd = jnp.einsum("bsd,bs->bd", x_bsd, m_bs, precision=jax.lax.Precision.HIGHEST)
+  sum_bd = jnp.einsum("bsd,bs->bd", x_bsd, m_bs, precision=HIGHEST)
   x_bd = sum_bd / jnp.maximum(m_bs.sum(axis=1, keepdims=True), 1.0)
-  if normalize:
-    norm_b1 = jnp.linalg.norm(x_bd, axis=1, keepdims=True)
-    x_bd = x_bd / jnp.where(norm_b1 > 0, norm_b1, 1.0)
-  return x_bd
+  return l2_normalize(x_bd) if normalize else x_bd
 
 
 @dataclasses.dataclass(frozen=True)
 class StaticEncoder:
-  """A loaded static encoder. `embed_fn(params, input_ids, attention_mask) -> [B, D]` is pure."""
+  """A loaded static encoder; `embed_fn(params, input_ids, attention_mask) -> [B, D]` is pure."""
 
   name: str
   params: dict[str, jax.Array]  # {"embedding": [V, D]}
@@ -68,7 +75,15 @@ class StaticEncoder:
   def tokenize(
       self, texts: Sequence[str], pad_to: int | None = None
   ) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> (ids, mask) int32 [B, S]; S = longest (<= max_length), or `pad_to`."""
+    """Tokenizes texts (no special tokens, truncated at `max_length`), padding with id 0.
+
+    Args:
+      texts: the texts.
+      pad_to: S; default the longest row (at least 1).
+
+    Returns:
+      (ids, mask), int32 [B, S].
+    """
     enc = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
     s = pad_to or max([len(e.ids) for e in enc] + [1])
     ids = np.zeros((len(enc), s), np.int32)
@@ -80,7 +95,14 @@ class StaticEncoder:
     return ids, mask
 
   def embed(self, texts: Sequence[str]) -> np.ndarray:
-    """Convenience: tokenize + jitted embed_fn; returns a float32 numpy [B, D]."""
+    """Tokenizes and embeds texts with the jitted `embed_fn`.
+
+    Args:
+      texts: the texts.
+
+    Returns:
+      float32 numpy [B, D].
+    """
     ids, mask = self.tokenize(texts)
     return np.asarray(_jitted(self.embed_fn)(self.params, jnp.asarray(ids), jnp.asarray(mask)))
 
@@ -99,7 +121,22 @@ def _embed_params(
 def load_static_encoder(
     model_dir: str | pathlib.Path, *, normalize: bool | None = None, max_length: int | None = None
 ) -> StaticEncoder:
-  """Loads a static model dir (see module docstring). `normalize`/`max_length` override the dir's config."""
+  """Loads a static model dir (see the module docstring).
+
+  Args:
+    model_dir: the directory.
+    normalize: overrides `static_config.json`'s `normalize`.
+    max_length: overrides its `max_length` (tokens).
+
+  Returns:
+    The encoder.
+
+  Raises:
+    FileNotFoundError: not a static model dir (says how to install one).
+    KeyError: the weights lack the configured tensor.
+    ValueError: the table's shape disagrees with the config, or the config asks for
+      special tokens.
+  """
   from safetensors.numpy import load_file
   from tokenizers import Tokenizer
 
@@ -110,12 +147,9 @@ def load_static_encoder(
         f"{cfg_path}: not a static model dir (no {STATIC_CONFIG}); "
         "install it with `python -m lead_jax.encoders.install --models=wordllama`"
     )
-  cfg = json.loads(cfg_path.read_text())
+  cfg = read_json(cfg_path)
   weights = d / "model.safetensors"
-  h = hashlib.sha256()
-  with open(weights, "rb") as f:
-    while chunk := f.read(1 << 22):
-      h.update(chunk)
+  digest = sha256_file(weights)
   key = cfg.get("tensor_key", "embedding.weight")
   state = load_file(str(weights))
   if key not in state:
@@ -141,7 +175,7 @@ def load_static_encoder(
       dim=int(table.shape[1]),
       vocab_size=int(table.shape[0]),
       normalize=norm,
-      weights_digest=h.hexdigest(),
+      weights_digest=digest,
       embed_fn=functools.partial(_embed_params, normalize=norm),
       model_dir=d,
   )

@@ -19,9 +19,8 @@ stack since it is shared). `params_from_hf` is a key map onto it.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,59 +28,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lead_jax.encoders.layers import (
+    ACTIVATIONS,
+    check_params_tree,
+    dense,
+    relative_attention,
+    relative_attention_bias,
+)
+
 MODEL_TYPES = ("t5",)
-
-_NEG_INF = float(np.finfo(np.float32).min)
-
-# HF ACT2FN names → jax. "gelu" is exact erf GELU; "gelu_new" is the tanh form.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
-
-
-def relative_position_buckets(
-    q_len: int, k_len: int, num_buckets: int, max_distance: int
-) -> np.ndarray:
-  """Bidirectional T5/MPNet relative-position buckets, int32 [q_len, k_len].
-
-  Runs in numpy at trace time (lengths are static), so the table is a jit
-  constant. Float32 arithmetic follows HF's torch code step by step, so bucket
-  edges land where HF puts them (tested against HF over long ranges).
-  """
-  rel_qk = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]  # memory - context
-  half = num_buckets // 2
-  max_exact = half // 2
-  n_qk = np.abs(rel_qk)
-  # log(0) is never selected (n < max_exact there); clamp to keep numpy quiet.
-  ratio = np.maximum(n_qk, 1).astype(np.float32) / np.float32(max_exact)
-  large = (
-      np.log(ratio) / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
-  )
-  large = np.minimum(max_exact + large.astype(np.int64), half - 1)
-  buckets = (rel_qk > 0) * half + np.where(n_qk < max_exact, n_qk, large)
-  return buckets.astype(np.int32)
-
-
-def position_bias_hqk(
-    table_nh: jax.Array, q_len: int, k_len: int, num_buckets: int, max_distance: int
-) -> jax.Array:
-  """Gathers the [>=num_buckets, H] bias table into a fp32 [H, q_len, k_len] bias."""
-  buckets_qk = relative_position_buckets(q_len, k_len, num_buckets, max_distance)
-  return jnp.transpose(table_nh.astype(jnp.float32)[buckets_qk], (2, 0, 1))
-
-
-def mask_bias_bk(attention_mask: jax.Array) -> jax.Array:
-  """[B, L] 0/1 mask → fp32 additive bias [B, L] (0 keep, large negative drop)."""
-  return jnp.where(attention_mask > 0, 0.0, _NEG_INF).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
+  """The fields of an HF `T5Config` the encoder needs (defaults: t5-base)."""
+
   vocab_size: int = 32128
   d_model: int = 768
   d_kv: int = 64
@@ -97,6 +58,17 @@ class T5Config:
 
   @classmethod
   def from_hf_config(cls, cfg: Mapping[str, Any]) -> T5Config:
+    """Reads an HF `config.json` dict; `feed_forward_proj` sets the activation and gating.
+
+    Args:
+      cfg: the decoded `config.json`.
+
+    Returns:
+      The config.
+
+    Raises:
+      ValueError: not a T5 config, or an unsupported `feed_forward_proj`.
+    """
     if cfg.get("model_type", "t5") not in MODEL_TYPES:
       raise ValueError(f"T5Config.from_hf_config: model_type {cfg.get('model_type')!r} is not t5")
     ff_proj = cfg.get("feed_forward_proj", "relu")
@@ -137,31 +109,31 @@ class T5LayerNorm(nn.Module):
 
 
 def _dense(features: int, name: str, dtype: Any) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return dense(features, name, dtype, use_bias=False)
 
 
 class T5Attention(nn.Module):
+  """T5 self-attention (no biases, no score scaling): (x [B,L,D], bias parts) -> [B,L,D]."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_bld, bias_bhqk_parts):
+  def __call__(self, x_bld, bias_parts):
     cfg = self.config
     b, l, _ = x_bld.shape
     inner = cfg.num_heads * cfg.d_kv
     q_blhk = _dense(inner, "q", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
     k_blhk = _dense(inner, "k", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
     v_blhk = _dense(inner, "v", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
-    pos_hqk, mask_bk = bias_bhqk_parts
     # T5: no 1/sqrt(d_kv) scaling (folded into the initialisation upstream).
-    scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
-    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
-    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
-    ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
+    ctx_blhk = relative_attention(q_blhk, k_blhk, v_blhk, bias_parts, self.dtype)
     return _dense(cfg.d_model, "o", self.dtype)(ctx_blhk.reshape(b, l, inner))
 
 
 class T5LayerSelfAttention(nn.Module):
+  """Pre-norm residual self-attention sublayer."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
@@ -191,6 +163,8 @@ class T5DenseReluDense(nn.Module):
 
 
 class T5LayerFF(nn.Module):
+  """Pre-norm residual feed-forward sublayer."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
@@ -201,6 +175,8 @@ class T5LayerFF(nn.Module):
 
 
 class T5Block(nn.Module):
+  """One encoder block: self-attention then feed-forward."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
@@ -211,26 +187,24 @@ class T5Block(nn.Module):
 
 
 class T5Stack(nn.Module):
+  """The encoder blocks plus the shared relative-position bias and the final norm."""
+
   config: T5Config
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_bld, attention_mask):
     cfg = self.config
-    l = x_bld.shape[1]
-    # HF keeps the table in block 0's SelfAttention; we read it there once and
-    # pass the gathered [H, L, L] bias to every block.
-    table_nh = self.param(
-        "relative_attention_bias",
-        nn.initializers.normal(1.0),
-        (cfg.relative_attention_num_buckets, cfg.num_heads),
-        jnp.float32,
-    )
-    bias_parts = (
-        position_bias_hqk(
-            table_nh, l, l, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
-        ),
-        mask_bias_bk(attention_mask),
+    # HF keeps the table in block 0's SelfAttention; we own it here, gather it once
+    # and pass the [H, L, L] bias to every block.
+    bias_parts = relative_attention_bias(
+        self,
+        attention_mask,
+        table_rows=cfg.relative_attention_num_buckets,
+        num_heads=cfg.num_heads,
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance,
+        init_stddev=1.0,
     )
     for i in range(cfg.num_layers):
       x_bld = T5Block(cfg, self.dtype, name=f"block_{i}")(x_bld, bias_parts)
@@ -273,7 +247,19 @@ def _canonical_t5_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def params_from_hf(state: Mapping[str, np.ndarray], config: T5Config) -> dict:
-  """HF T5 state dict (numpy, HF names) → {"params": ...} for `T5EncoderModel`."""
+  """Converts an HF T5 state dict to `T5EncoderModel`'s variables.
+
+  Args:
+    state: numpy arrays under HF names (`T5EncoderModel`, `T5Model` or a bare `T5Stack`
+      save; decoder and LM head keys are ignored).
+    config: the model's config.
+
+  Returns:
+    `{"params": tree}`, fp32 numpy arrays.
+
+  Raises:
+    ValueError: an unexpected key, or a tree that does not fit `config` (every problem named).
+  """
   params: dict = {}
   for key, value in _canonical_t5_keys(state).items():
     value = np.asarray(value, dtype=np.float32)
@@ -293,26 +279,3 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: T5Config) -> dict:
     node[path[-1]] = leaf
   check_params_tree(params, T5EncoderModel(config), "T5")
   return {"params": params}
-
-
-def check_params_tree(params: dict, model: nn.Module, what: str) -> None:
-  """Raises naming every missing / unexpected / mis-shaped parameter."""
-  ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-  expected = jax.eval_shape(model.init, jax.random.key(0), ids, ids)["params"]
-  want = {
-      jax.tree_util.keystr(p): s.shape for p, s in jax.tree_util.tree_leaves_with_path(expected)
-  }
-  have = {
-      jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(params)
-  }
-  problems = [f"missing {k}" for k in sorted(want.keys() - have.keys())]
-  problems += [f"unexpected {k}" for k in sorted(have.keys() - want.keys())]
-  problems += [
-      f"{k}: shape {have[k]} != {want[k]}"
-      for k in sorted(want.keys() & have.keys())
-      if have[k] != want[k]
-  ]
-  if problems:
-    raise ValueError(
-        f"{what} params_from_hf: checkpoint does not fit the config: " + "; ".join(problems[:20])
-    )

@@ -1,5 +1,1 @@
-"""Metrics, controls, k-fold statistics and results tables."""
-
-from lead_jax.eval.metrics import cka_to_table, regression_metrics, results_to_table
-
-__all__ = ["cka_to_table", "regression_metrics", "results_to_table"]
+"""Retrieval evaluation: native, stitched and overlap metrics over a chunked corpus."""

@@ -34,16 +34,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from lead_jax.config import ControlConfig
+from lead_jax.distributed import DATA
 from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.gram import Layout, ein
-
-CONTROL_NAME = "gaussian_control"
 
 
 def cka_all_pairs(
     xs: Sequence[jax.typing.ArrayLike],
     *,
-    control_dim: int | None = 768,
+    control_dim: int | None = ControlConfig.dim,
     seed: int = 0,
     dtype=None,
     mesh: Mesh | None = None,
@@ -82,7 +82,7 @@ def _cka_impl(xs, *, layout: Layout, control_dim, seed, mesh=None):
   xs = list(xs)
   if control_dim:
     xs.append(gram_lib.gaussian_control(n, control_dim, seed, xs[0].dtype))
-  xs = [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
+  xs = [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
   zs = gram_lib.stack_groups(xs, layout)
   zs = [z - jnp.mean(z, axis=0) for z in zs]
   return cka_from_centred_groups(zs, layout, n)

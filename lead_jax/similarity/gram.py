@@ -24,6 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 HIGHEST = jax.lax.Precision.HIGHEST
+# Name of the seeded N(0, 1) control model in every results table and matrix.
+CONTROL_NAME = "gaussian_control"
 ein = functools.partial(jnp.einsum, precision=HIGHEST)
 
 
@@ -130,17 +132,31 @@ def gaussian_control(n_rows: int, dim: int, seed: int, dtype) -> jax.Array:
   return jax.random.normal(jax.random.key(seed), (n_rows, dim), dtype=jnp.float32).astype(dtype)
 
 
+def control_split(
+    n_train: int, n_val: int, dim: int, seed: int, dtype
+) -> tuple[jax.Array, jax.Array]:
+  """The Gaussian control's train and val rows: one seeded stream, train rows first.
+
+  Every stage that uses the control (closed form, MLP, retrieval) draws it this way, so a
+  saved control stitch is evaluated on the same val rows it was validated on.
+
+  Args:
+    n_train: train rows.
+    n_val: val rows.
+    dim: the control's width.
+    seed: its seed.
+    dtype: the rows' dtype.
+
+  Returns:
+    `(train [n_train, dim], val [n_val, dim])`.
+  """
+  g = gaussian_control(n_train + n_val, dim, seed, dtype)
+  return g[:n_train], g[n_train:]
+
+
 def stack_groups(xs: Sequence[jax.Array], layout: Layout) -> list[jax.Array]:
   """Caller-order list of [N, d_i] → per-group ``[N, m_g, d_g]``."""
   return [jnp.stack([xs[i] for i in members], axis=1) for _, members in layout.groups]
-
-
-def group_means(zs: Sequence[jax.Array], weights: jax.Array | None = None) -> list[jax.Array]:
-  """Per-group row means ``[m_g, d_g]`` (optionally with 0/1 row weights)."""
-  if weights is None:
-    return [jnp.mean(z, axis=0) for z in zs]
-  tot = jnp.sum(weights)
-  return [ein("n,nmd->md", weights, z) / tot for z in zs]
 
 
 def gram_blocks(
@@ -173,38 +189,6 @@ def gram_blocks(
     for b in range(n):
       out[a, b] = ein("nip,njq->ipjq", zs[a], ws[b])
   return out
-
-
-def cross_gram(xs: Sequence[jax.typing.ArrayLike], *, dtype=None) -> tuple[jax.Array, jax.Array]:
-  """Plain helper: centred ``C = ZᵀZ`` [D, D] over the concatenated models, and the means.
-
-  Convenience for callers that want the full matrix in caller order (``D = Σ d_i``);
-  the engine itself works on :func:`gram_blocks`.
-  """
-  dtype = compute_dtype(xs, dtype)
-  return _cross_gram(tuple(jnp.asarray(x, dtype) for x in xs))
-
-
-@jax.jit
-def _cross_gram(xs):
-  z = jnp.concatenate(xs, axis=1)
-  mu = jnp.mean(z, axis=0)
-  zc = z - mu
-  return ein("nd,ne->de", zc, zc), mu
-
-
-DATA = "data"  # mesh axis over rows (Gram contractions become psums over it)
-PAIRS = "pairs"  # mesh axis over the pair / model-member axes
-
-
-def shard_rows(xs: Sequence[jax.typing.ArrayLike], mesh: Mesh, axis: str = DATA) -> list[jax.Array]:
-  """Place each [N, d] array row-sharded over ``mesh`` axis ``axis`` (N must divide).
-
-  Use a mesh with ``AxisType.Auto`` axes (``lead_jax.distributed.make_mesh``): the Gram
-  contraction over a sharded row axis then becomes a psum chosen by GSPMD.
-  """
-  sharding = NamedSharding(mesh, PartitionSpec(axis, None))
-  return [jax.device_put(jnp.asarray(x), sharding) for x in xs]
 
 
 def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:

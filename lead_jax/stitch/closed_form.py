@@ -60,12 +60,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lead_jax.eval import metrics
+from lead_jax.config import ClosedFormConfig, ControlConfig
+from lead_jax.distributed import DATA, PAIRS
 from lead_jax.similarity import gram as gram_lib
-from lead_jax.similarity.cka import CONTROL_NAME
 from lead_jax.similarity.gram import Layout, ein
+from lead_jax.stitch import metrics
 
-DEFAULT_LAMBDAS = np.concatenate([[0.0], np.logspace(-4, 4, 9)])
+DEFAULT_LAMBDAS = np.asarray(ClosedFormConfig.lambdas)  # 0 and 1e-4 … 1e4, 9 log-spaced
 PATH_METRICS = metrics.PATH_METRICS
 ROW_METRICS = metrics.ROW_METRICS
 
@@ -210,7 +211,7 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
   given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
   """
   tg = _targets(st, layout)
-  pairs = lambda x: gram_lib.constrain(x, mesh, None, gram_lib.PAIRS, None, None)  # target members
+  pairs = lambda x: gram_lib.constrain(x, mesh, None, PAIRS, None, None)  # target members
   out = {}
   for a, (d_a, _) in enumerate(layout.groups):
     v, s = eig[a]
@@ -309,7 +310,7 @@ def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj
       else:
         pred = ein("nai,abij->abnj", rows_v[a] - mu_a, w)
       pred = pred + mu_b[None, :, None]  # [m_a, m_b, n, d_b]
-      pred = gram_lib.constrain(pred, mesh, None, gram_lib.PAIRS, gram_lib.DATA, None)
+      pred = gram_lib.constrain(pred, mesh, None, PAIRS, DATA, None)
       yt = jnp.transpose(rows_v[b], (1, 0, 2))[None]  # [1, m_b, n, d_b]
       nv = jnp.sum(mask_v)
       sabs = jnp.sum(jnp.sum(jnp.abs(yt - pred), -1) * mask_v, -1)
@@ -425,10 +426,10 @@ def _fit_impl(
   train, val = list(train), list(val)
   ntr, nv = train[0].shape[0], val[0].shape[0]
   if control_dim:
-    g = gram_lib.gaussian_control(ntr + nv, control_dim, seed, train[0].dtype)
-    train.append(g[:ntr])
-    val.append(g[ntr:])
-  rows = lambda xs: [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
+    g_tr, g_v = gram_lib.control_split(ntr, nv, control_dim, seed, train[0].dtype)
+    train.append(g_tr)
+    val.append(g_v)
+  rows = lambda xs: [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
   train, val = rows(train), rows(val)
   zs_tr = gram_lib.stack_groups(train, layout)
   zs_v = gram_lib.stack_groups(val, layout)
@@ -485,7 +486,7 @@ def fit_all_pairs(
     val: Sequence[jax.typing.ArrayLike],
     lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS,
     *,
-    control_dim: int | None = 768,
+    control_dim: int | None = ControlConfig.dim,
     seed: int = 0,
     rcond: float | None = None,
     dtype=None,
@@ -579,7 +580,7 @@ def _cv_impl(
   mask = mask.astype(dtype)
   if control_dim:
     xs.append(gram_lib.gaussian_control(n, control_dim, seed, dtype))
-  xs = [gram_lib.constrain(x, mesh, gram_lib.DATA, None) for x in xs]
+  xs = [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
   zs = gram_lib.stack_groups(xs, layout)
   shift = [jnp.mean(z, axis=0) for z in zs]
   st = metrics.fold_stats([z - s for z, s in zip(zs, shift)], idx, mask)
@@ -618,9 +619,9 @@ def cross_validate_all_pairs(
     xs: Sequence[jax.typing.ArrayLike],
     lambdas: jax.typing.ArrayLike = DEFAULT_LAMBDAS,
     *,
-    n_folds: int = 5,
+    n_folds: int = ClosedFormConfig.folds,
     fold_seed: int = 0,
-    control_dim: int | None = 768,
+    control_dim: int | None = ControlConfig.dim,
     seed: int = 0,
     rcond: float | None = None,
     dtype=None,
@@ -659,7 +660,3 @@ def cross_validate_all_pairs(
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   out["meta"]["n_folds"] = n_folds
   return out
-
-
-def control_name() -> str:
-  return CONTROL_NAME

@@ -1,47 +1,34 @@
-"""Writing results: long tables (parquet + CSV), CKA matrices, chosen stitches (Orbax).
+"""Stitches on disk: the chosen closed-form stitches (Orbax) and saved stitches of any kind.
 
-Every file is written to a temporary name and renamed, so a half-written file is never
-taken as done.
+A checkpoint directory is either
+  * closed form: `<run>/closed_form` holding `stitches/` (Orbax) + `stitches.json`
+    (`save_stitches`): per pair ŷ = x W + b at the chosen λ;
+  * MLP: `<run>/mlp/d{depth}_{objective}` (an Orbax `CheckpointManager` directory,
+    `lead_jax.stitch.mlp_checkpoint`): per pair the early-stopping best params,
+    applied with `lead_jax.stitch.mlp.apply_pair`.
+
+`load` reads either as a list of `SavedStitch` (find, check, apply, describe), which the
+retrieval and translate stages use.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
-from lead_jax.eval import metrics
+from lead_jax import files
+from lead_jax.stitch import metrics
 
-
-def _atomic(path: Path, write) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  write(tmp)
-  os.replace(tmp, path)
-
-
-def save_table(df: pd.DataFrame, run_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
-  """Write ``<run_dir>/<stem>.parquet`` and ``.csv``."""
-  run_dir = Path(run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  pq, csv = run_dir / f"{stem}.parquet", run_dir / f"{stem}.csv"
-  _atomic(pq, lambda p: df.to_parquet(p, index=False))
-  _atomic(csv, lambda p: df.to_csv(p, index=False))
-  return pq, csv
-
-
-def save_cka(
-    cka: dict, names: Sequence[str], run_dir: str | os.PathLike, dataset: str | None = None
-) -> None:
-  """CKA matrices as ``cka.npz`` (+ names) and a long ``cka`` table."""
-  run_dir = Path(run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  arrays = {k: np.asarray(cka[k]) for k in ("linear", "debiased")}
-  _atomic(run_dir / "cka.npz", lambda p: np.savez(open(p, "wb"), names=np.asarray(names), **arrays))
-  save_table(metrics.cka_to_table(cka, names, dataset), run_dir, "cka")
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
@@ -86,7 +73,7 @@ def save_stitches(
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(path, tree, force=True)
   ckptr.wait_until_finished()
-  _atomic(run_dir / "stitches.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+  files.write_json(run_dir / "stitches.json", info)
   return path
 
 
@@ -97,3 +84,198 @@ def load_stitches(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
   tree = ocp.StandardCheckpointer().restore(run_dir / "stitches")
   info = json.loads((run_dir / "stitches.json").read_text())
   return tree, info
+
+
+class StitchError(ValueError):
+  """A stitch checkpoint is missing, unreadable or does not fit the array; names both."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SavedStitch:
+  kind: str  # "closed_form" | "mlp"
+  method: str  # results-table method: "ridge" | "mlp_d{depth}_{objective}"
+  checkpoint: str  # absolute directory
+  key: str  # pair key inside the checkpoint
+  source: str
+  target: str
+  source_dim: int
+  target_dim: int
+  params: Any  # numpy pytree
+  lam: float | None = None
+  depth: int | None = None
+  objective: str | None = None
+  cfg: Any = None  # mlp.StitchConfig for MLPs
+
+  def apply(self, x_nd: jax.typing.ArrayLike) -> np.ndarray:
+    """ŷ [n, target_dim] float32 from x [n, source_dim]."""
+    x = np.asarray(x_nd, np.float32)
+    if x.ndim != 2 or x.shape[1] != self.source_dim:
+      raise StitchError(
+          f"{self.checkpoint} [{self.key}]: stitch {self.source}→{self.target} takes rows of "
+          f"dim {self.source_dim}, got shape {x.shape}"
+      )
+    return np.asarray(_apply_jit(self)(jnp.asarray(x)))
+
+  @functools.cached_property
+  def digest(self) -> str:
+    """sha256 over the parameters' bytes (identifies the stitch in store metadata)."""
+    return files.sha256_arrays(jax.tree.leaves(self.params))
+
+  def provenance(self) -> dict:
+    out = {
+        "stitch_kind": self.kind,
+        "stitch_method": self.method,
+        "stitch_checkpoint": self.checkpoint,
+        "stitch_key": self.key,
+        "stitch_digest": self.digest,
+        "source_model": self.source,
+        "target_model": self.target,
+        "source_dim": self.source_dim,
+        "target_dim": self.target_dim,
+    }
+    if self.lam is not None:
+      out["lam"] = self.lam
+    if self.depth is not None:
+      out["depth"] = self.depth
+      out["objective"] = self.objective
+      out["stitch_config"] = dataclasses.asdict(self.cfg)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_jit(st: SavedStitch):
+  if st.kind == "closed_form":
+    w = jnp.asarray(st.params["W"], jnp.float32)
+    b = jnp.asarray(st.params["b"], jnp.float32)
+    return jax.jit(lambda x: jnp.matmul(x, w, precision=HIGHEST) + b)
+  from lead_jax.stitch import mlp
+
+  params = jax.tree.map(jnp.asarray, st.params)
+  return jax.jit(lambda x: mlp.apply_pair(params, x, st.cfg))
+
+
+def load_closed_form(run_dir: str | os.PathLike) -> list[SavedStitch]:
+  run_dir = Path(run_dir).absolute()
+  if not (run_dir / "stitches.json").exists():
+    raise StitchError(f"{run_dir}: no stitches.json (not a closed-form stitch directory)")
+  try:
+    tree, info = load_stitches(run_dir)
+  except Exception as e:  # noqa: BLE001 - Orbax raises many kinds
+    raise StitchError(f"{run_dir / 'stitches'}: cannot restore ({type(e).__name__}: {e})") from e
+  out = []
+  for rec in info:
+    p = tree.get(rec["key"])
+    if p is None:
+      raise StitchError(
+          f"{run_dir / 'stitches.json'}: pair {rec['key']} is missing from the checkpoint"
+      )
+    w = np.asarray(p["W"], np.float32)
+    if w.shape != (rec["source_dim"], rec["target_dim"]):
+      raise StitchError(
+          f"{run_dir}: {rec['key']} W has shape {w.shape}, stitches.json says "
+          f"[{rec['source_dim']}, {rec['target_dim']}]"
+      )
+    out.append(
+        SavedStitch(
+            "closed_form",
+            "ridge",
+            str(run_dir),
+            rec["key"],
+            rec["source"],
+            rec["target"],
+            int(rec["source_dim"]),
+            int(rec["target_dim"]),
+            {"W": w, "b": np.asarray(p["b"], np.float32)},
+            lam=float(rec["lam"]),
+        )
+    )
+  return out
+
+
+def load_mlp(run_dir: str | os.PathLike) -> list[SavedStitch]:
+  from lead_jax.stitch import mlp, mlp_checkpoint
+
+  run_dir = Path(run_dir).absolute()
+  try:
+    state, meta = mlp_checkpoint.restore_any(run_dir)
+  except Exception as e:  # noqa: BLE001
+    raise StitchError(
+        f"{run_dir}: cannot restore an MLP stitch checkpoint ({type(e).__name__}: {e})"
+    ) from e
+  if state is None:
+    raise StitchError(f"{run_dir}: no saved step")
+  cfg = mlp.StitchConfig(**meta["stitch"])
+  plan = mlp.make_plan(
+      meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group")
+  )
+  best = mlp.per_pair(state, plan, "best_params")
+  names = meta["names"]
+  out = []
+  for k, (s, t) in enumerate(plan.pairs):
+    d_in, d_out = plan.dims[s], plan.dims[t]
+    params = mlp.unpad_params(best[k], d_in, d_out, cfg)
+    out.append(
+        SavedStitch(
+            "mlp",
+            cfg.method,
+            str(run_dir),
+            f"pair_{s:03d}_{t:03d}",
+            names[s],
+            names[t],
+            int(d_in),
+            int(d_out),
+            params,
+            depth=cfg.depth,
+            objective=cfg.objective,
+            cfg=cfg,
+        )
+    )
+  return out
+
+
+def is_closed_form(path: str | os.PathLike) -> bool:
+  return (Path(path) / "stitches.json").exists()
+
+
+def load(path: str | os.PathLike) -> list[SavedStitch]:
+  """Every pair's stitch in one checkpoint directory (closed form or MLP, detected)."""
+  path = Path(path)
+  if not path.is_dir():
+    raise StitchError(f"{path}: no such stitch checkpoint directory")
+  return load_closed_form(path) if is_closed_form(path) else load_mlp(path)
+
+
+def find(stitches: list[SavedStitch], source: str, target: str, *, where: str = "") -> SavedStitch:
+  for st in stitches:
+    if st.source == source and st.target == target:
+      return st
+  pairs = sorted({f"{s.source}→{s.target}" for s in stitches})
+  raise StitchError(
+      f"{where or 'stitch checkpoint'}: no stitch {source}→{target}; it holds {pairs}"
+  )
+
+
+def check_fits(
+    st: SavedStitch, model: str, dim: int, array: str, weights_digest: str | None = None
+) -> None:
+  """Refuses a stitch whose source model or dim does not match the array it is applied to."""
+  if st.source != model:
+    raise StitchError(
+        f"{st.checkpoint} [{st.key}]: stitch source is {st.source!r}, but {array} holds "
+        f"model {model!r}"
+    )
+  if st.source_dim != dim:
+    raise StitchError(
+        f"{st.checkpoint} [{st.key}]: stitch takes dim {st.source_dim}, but {array} has "
+        f"dim {dim}"
+    )
+  run_json = Path(st.checkpoint) / "run.json"
+  if weights_digest and run_json.exists():
+    want = (
+        json.loads(run_json.read_text()).get("model_meta", {}).get(model, {}).get("weights_digest")
+    )
+    if want and want != weights_digest:
+      raise StitchError(
+          f"{st.checkpoint}: stitch was fitted on {model!r} weights {want[:12]}…, but {array} "
+          f"was embedded with weights {weights_digest[:12]}…"
+      )

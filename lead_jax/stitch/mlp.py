@@ -52,6 +52,8 @@ import numpy as np
 import optax
 import pandas as pd
 
+from lead_jax.config import MlpConfig
+from lead_jax.distributed import DATA, PAIRS
 from lead_jax.similarity import gram as gram_lib
 
 MAX_DEPTH = 6
@@ -82,12 +84,12 @@ class StitchConfig:
 
   depth: int = 2  # nonlinearities; depth + 1 dense layers
   width: int | None = None  # hidden width; None → max(d_in, d_out)
-  activation: str = "gelu"
-  residual: bool = False
-  layer_norm: bool = False
-  objective: str = "mse"
-  temperature: float = 0.05  # InfoNCE τ (initial value when learned)
-  learn_temperature: bool = True
+  activation: str = MlpConfig.activation
+  residual: bool = MlpConfig.residual
+  layer_norm: bool = MlpConfig.layer_norm
+  objective: str = MlpConfig.objective
+  temperature: float = MlpConfig.temperature  # InfoNCE τ (initial value when learned)
+  learn_temperature: bool = MlpConfig.learn_temperature
   precision: str = "highest"  # matmul precision (TF32/bf16 defaults hurt small losses)
 
   def __post_init__(self):
@@ -102,6 +104,20 @@ class StitchConfig:
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
+  @classmethod
+  def from_config(cls, c: MlpConfig, depth: int) -> StitchConfig:
+    """The depth-`depth` stitch of the study's `config.mlp`."""
+    return cls(
+        depth=depth,
+        width=c.width or None,
+        activation=c.activation,
+        residual=c.residual,
+        layer_norm=c.layer_norm,
+        objective=c.objective,
+        temperature=c.temperature,
+        learn_temperature=c.learn_temperature,
+    )
+
   @property
   def method(self) -> str:
     """Name used in the results table, e.g. ``mlp_d2_mse``."""
@@ -115,20 +131,20 @@ class StitchConfig:
 class TrainConfig:
   """Optimisation: AdamW + warmup-cosine, minibatches, validation, early stopping."""
 
-  steps: int = 1000
-  batch_size: int = 256
-  lr: float = 1e-3
-  end_lr_ratio: float = 0.01  # final lr = lr · end_lr_ratio
-  warmup_steps: int = 50
-  weight_decay: float = 1e-4  # on weight matrices only
+  steps: int = MlpConfig.steps
+  batch_size: int = MlpConfig.batch_size
+  lr: float = MlpConfig.lr
+  end_lr_ratio: float = MlpConfig.end_lr_ratio  # final lr = lr · end_lr_ratio
+  warmup_steps: int = MlpConfig.warmup_steps
+  weight_decay: float = MlpConfig.weight_decay  # on weight matrices only
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  grad_clip: float = 0.0  # global-norm clip per pair; 0 = off
-  eval_every: int = 100  # validation (and early-stopping check) period
-  patience: int = 0  # evaluations without improvement before a pair stops; 0 = never
+  grad_clip: float = MlpConfig.grad_clip  # global-norm clip per pair; 0 = off
+  eval_every: int = MlpConfig.eval_every  # validation (and early-stopping check) period
+  patience: int = MlpConfig.patience  # evaluations without improvement before a stop; 0 = never
   min_delta: float = 0.0
-  seed: int = 0
+  seed: int = MlpConfig.seed
 
   def __post_init__(self):
     for f in ("steps", "batch_size", "eval_every"):
@@ -136,6 +152,14 @@ class TrainConfig:
         raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
     if self.warmup_steps < 0 or (self.warmup_steps > 0 and self.warmup_steps >= self.steps):
       raise ValueError(f"warmup_steps ({self.warmup_steps}) must be in [0, steps={self.steps})")
+
+  @classmethod
+  def from_config(cls, c: MlpConfig) -> TrainConfig:
+    """The optimisation settings of the study's `config.mlp`."""
+    names = [f.name for f in dataclasses.fields(cls) if hasattr(c, f.name)]
+    kw = {n: getattr(c, n) for n in names}
+    kw["warmup_steps"] = min(c.warmup_steps, c.steps - 1)
+    return cls(**kw)
 
   @property
   def n_evals(self) -> int:
@@ -542,9 +566,7 @@ def _group_arrays(plan: Plan, g: Group, data):
 def shard_pairs(tree, mesh):
   """Constrain every leaf's leading pair axis to the mesh's ``pairs`` axis (no-op without a mesh)."""
   return jax.tree.map(
-      lambda a: gram_lib.constrain(a, mesh, gram_lib.PAIRS, *([None] * (a.ndim - 1)))
-      if a.ndim
-      else a,
+      lambda a: gram_lib.constrain(a, mesh, PAIRS, *([None] * (a.ndim - 1))) if a.ndim else a,
       tree,
   )
 
@@ -569,12 +591,8 @@ def all_pairs_step(
   groups, losses = [], []
   for g, gs, ix in zip(plan.groups, state["groups"], idx):
     xs, ys, src, tgt = _group_arrays(plan, g, train)
-    x = gram_lib.constrain(
-        xs[src[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None
-    )  # [P, B, d_in]
-    y = gram_lib.constrain(
-        ys[tgt[:, None], ix], mesh, gram_lib.PAIRS, gram_lib.DATA, None
-    )  # [P, B, d_out]
+    x = gram_lib.constrain(xs[src[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_in]
+    y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_out]
     params, opt, loss = upd(
         gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g)
     )
@@ -742,8 +760,8 @@ def evaluate(
     cfg: StitchConfig,
     which: str = "best_params",
 ) -> list[dict[str, float]]:
-  """Shared regression metrics (:func:`lead_jax.eval.metrics.regression_metrics`) per pair."""
-  from lead_jax.eval import metrics
+  """Shared regression metrics (:func:`lead_jax.stitch.metrics.regression_metrics`) per pair."""
+  from lead_jax.stitch import metrics
 
   preds = predict_val(tuple(gs[which] for gs in state["groups"]), val, plan=plan, cfg=cfg)
   out: list = [None] * len(plan.pairs)
@@ -768,7 +786,7 @@ def results_to_table(
   Metrics are those of the closed-form rows, at each pair's best (early-stopping) params,
   plus ``val_loss`` (the objective) and ``best_step``.
   """
-  from lead_jax.eval import metrics
+  from lead_jax.stitch import metrics
 
   mets = evaluate(state, plan, val, cfg)
   best_val = per_pair(state, plan, ("best", "val"))

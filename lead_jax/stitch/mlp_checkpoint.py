@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from lead_jax import files
 from lead_jax.stitch import mlp
 
 STATE, META = "state", "meta"
@@ -169,9 +170,8 @@ def fit(
   if mngr.latest_step() != int(state["step"]):
     save(mngr, state, meta, force=True)
   curves = mlp.curves_to_table(state, plan, tcfg, names)
-  from lead_jax.stitch import io as stitch_io
 
-  stitch_io.save_table(curves, directory, "curves")
+  files.save_table(curves, directory, "curves")
   mngr.close()
   return state
 

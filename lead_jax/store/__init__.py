@@ -48,10 +48,13 @@ import functools
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 
 DTYPES = ("float32", "bfloat16", "float16")
 FORMAT_VERSION = 1
@@ -534,10 +537,15 @@ def list_models(
   return out
 
 
-def read_array(
-    root, dataset: str, split: str, kind: str, model: str, *, check_alignment: bool = True
-) -> np.ndarray:
-  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
+def open_complete(root, dataset: str, split: str, kind: str, model: str):
+  """A complete array opened for block reads: `(location, meta, tensorstore handle)`.
+
+  Works for every store root (paths and TensorStore URLs). Read rows with
+  `handle[start:stop].read().result()`.
+
+  Raises:
+    StoreError: the array is missing, incomplete, or its shape differs from its meta.
+  """
   path = _array_loc(root, dataset, split, kind, model)
   meta = read_meta(root, dataset, split, kind, model)
   progress = _read_json(path / "progress.json") or {"committed_rows": 0}
@@ -546,6 +554,17 @@ def read_array(
         f"{path}: incomplete ({progress['committed_rows']}/{meta['n_rows']} rows "
         "committed); rerun the embedding to finish it"
     )
+  arr = _open_ts(path)
+  if tuple(arr.shape) != (meta["n_rows"], meta["dim"]):
+    raise StoreError(f"{path}: shape {tuple(arr.shape)} != meta [{meta['n_rows']}, {meta['dim']}]")
+  return path, meta, arr
+
+
+def read_array(
+    root, dataset: str, split: str, kind: str, model: str, *, check_alignment: bool = True
+) -> np.ndarray:
+  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
+  path, meta, arr = open_complete(root, dataset, split, kind, model)
   if check_alignment:
     for other in list_models(root, dataset, split, kind, include_translated=True):
       if other == model:
@@ -557,9 +576,7 @@ def read_array(
             f"{array_dir(root, dataset, split, kind, other)} ({str(o.get('rows_digest'))[:12]}…): "
             "rows are misaligned across models (different data, cap or chunker)"
         )
-  x = np.asarray(_open_ts(path).read().result(), np.float32)
-  if x.shape != (meta["n_rows"], meta["dim"]):
-    raise StoreError(f"{path}: shape {x.shape} != meta [{meta['n_rows']}, {meta['dim']}]")
+  x = np.asarray(arr.read().result(), np.float32)
   check_finite(x, str(path))
   return x
 
@@ -571,6 +588,78 @@ def read_models(
   models = list(models) if models else list_models(root, dataset, split, kind)
   if not models:
     raise StoreError(
-        f"{_loc(root, dataset, split, kind)}: no complete arrays; run experiments/embed.py"
+        f"{_loc(root, dataset, split, kind)}: no complete arrays; run the embed stage (experiments/embed.py)"
     )
   return models, [read_array(root, dataset, split, kind, m) for m in models]
+
+
+def write_rows(
+    embed: Callable[[list[str]], np.ndarray],
+    dim: int,
+    rows,
+    root,
+    model: str,
+    *,
+    prefix: str = "",
+    meta: dict,
+    dtype: str = "float32",
+    block_rows: int = 2048,
+    overwrite: bool = False,
+    log_every_s: float = 10.0,
+    final_meta: Callable[[], dict] | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Writer:
+  """Embeds `rows` (a `lead_jax.data.Rows`, `prefix` prepended) into the store, resuming.
+
+  `embed(texts) -> [len(texts), dim]` is any encoder (`Runner.embed`, the OpenAI
+  embedder); `final_meta()` adds run facts (e.g. truncation counts) at the end.
+  With several processes (default: jax's) each embeds its own rows; all must call this,
+  and process 0's `final_meta()` is the one recorded.
+  """
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  writer = open_writer(
+      root,
+      rows.dataset,
+      rows.split,
+      rows.kind,
+      model,
+      n_rows=len(rows),
+      dim=dim,
+      dtype=dtype,
+      block_rows=block_rows,
+      overwrite=overwrite,
+      meta={**meta, "rows_digest": rows.digest, "prefix": prefix},
+      process_index=p,
+      process_count=n,
+  )
+  name = f"{rows.dataset}/{rows.split}/{rows.kind}/{model}" + (
+      f" (process {p}/{n})" if n > 1 else ""
+  )
+  if writer.complete:
+    logging.info("%s: complete (%d rows), skipping", name, writer.n_rows)
+    return writer
+  if writer.committed_rows:
+    logging.info(
+        "%s: resuming at row %d of [%d, %d)", name, writer.next_row, writer.start, writer.stop
+    )
+  t0, done0, last = time.time(), writer.next_row, 0.0
+  for start in range(writer.next_row, writer.stop, writer.block_rows):
+    stop = min(start + writer.block_rows, writer.stop)
+    writer.write(start, embed([prefix + t for t in rows.texts[start:stop]]))
+    now = time.time()
+    if now - last >= log_every_s or stop == writer.stop:
+      rate = (stop - done0) / max(now - t0, 1e-9)
+      eta = (writer.stop - stop) / max(rate, 1e-9)
+      logging.info(
+          "%s: %d/%d rows, %.1f rows/s, ETA %.0fs",
+          name,
+          stop - writer.start,
+          writer.stop - writer.start,
+          rate,
+          eta,
+      )
+      last = now
+  writer.finish(final_meta() if final_meta else None)
+  return writer

@@ -1,4 +1,4 @@
-"""Validation metrics, controls, k-fold statistics and the long results table.
+"""Stitch metrics, controls, k-fold statistics from per-fold Grams, and the long results table.
 
 Metric definitions (val rows y [n, d], predictions ŷ, per-dimension val mean ȳ_j and
 median med_j; everything per (source, target) pair):
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lead_jax.similarity.gram import ein
+from lead_jax.similarity.gram import CONTROL_NAME, ein
 
 PATH_METRICS = ("mse", "log10_mse", "r2", "r2_vw")
 ROW_METRICS = ("mae", "eav", "cos")
@@ -219,7 +219,7 @@ def model_names(results: dict, names: Sequence[str] | None = None) -> list[str]:
   if len(names) != m:
     raise ValueError(f"{len(names)} names for {m} models")
   if meta["control_index"] is not None:
-    names.append("gaussian_control")
+    names.append(CONTROL_NAME)
   return names
 
 
@@ -314,28 +314,6 @@ def results_to_table(
     frames += _one_fold(results["std"], lambdas, names, dims, "std")
   else:
     frames += _one_fold(results, lambdas, names, dims, "val")
-  df = pd.concat(frames, ignore_index=True)
-  if dataset is not None:
-    df.insert(0, "dataset", dataset)
-  return df
-
-
-def cka_to_table(cka: dict, names: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
-  """Long table of the CKA matrices: one row per (model_a, model_b, kind)."""
-  frames = []
-  for kind in ("linear", "debiased"):
-    a = np.asarray(cka[kind], np.float64)
-    i, j = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
-    frames.append(
-        pd.DataFrame(
-            {
-                "model_a": np.asarray(names, object)[i.ravel()],
-                "model_b": np.asarray(names, object)[j.ravel()],
-                "kind": kind,
-                "value": a.ravel(),
-            }
-        )
-    )
   df = pd.concat(frames, ignore_index=True)
   if dataset is not None:
     df.insert(0, "dataset", dataset)

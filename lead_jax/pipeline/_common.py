@@ -1,0 +1,47 @@
+"""What every stage shares: the mesh, engine inputs and outputs across hosts, precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+
+from lead_jax import distributed
+from lead_jax.config import StudyConfig
+
+
+def initialize(cfg: StudyConfig) -> bool:
+  """Starts jax.distributed as `cfg.mesh` says (see `lead_jax.distributed.initialize`)."""
+  m = cfg.mesh
+  return distributed.initialize(
+      m.coordinator_address or None,
+      m.num_processes or None,
+      m.process_id if m.process_id >= 0 else None,
+      mode=m.distributed,
+  )
+
+
+def mesh(cfg: StudyConfig):
+  """The engine mesh from `cfg.mesh` with more than one device; None (plain jit) otherwise."""
+  return distributed.engine_mesh(cfg.mesh.data, cfg.mesh.pairs)
+
+
+def on_engine(fn, *row_lists, mesh, **kw):
+  """Runs an all-pairs engine function on every host's rows; returns a host copy of the result.
+
+  The multi-host pattern in one place: each process read every row from the shared store;
+  `engine_inputs` makes them global arrays, the engine shards rows over `data` inside its
+  jit, and `gather` brings the (small) result back to every process. Process 0 writes it
+  (`distributed.is_writer`).
+  """
+  inputs = [distributed.engine_inputs(xs, mesh) for xs in row_lists]
+  return distributed.gather(fn(*inputs, mesh=mesh, **kw))
+
+
+def precision(float64: bool):
+  """A context computing in float64 (jax x64 on) when asked, for this stage only."""
+  return jax.enable_x64(True) if float64 else contextlib.nullcontext()
+
+
+def dtype(float64: bool):
+  return "float64" if float64 else None
