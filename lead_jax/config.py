@@ -20,8 +20,6 @@ Fields are mutable only so that `config_flags` can apply overrides; the stages n
 change a config, and engine structs built from it (`mlp.StitchConfig`, …) are frozen.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 from typing import Any

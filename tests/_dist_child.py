@@ -15,7 +15,6 @@ import sys
 import numpy as np
 
 from lead_jax import data, distributed, store
-from lead_jax.encoders import runner
 
 MODELS = {"m8": 8, "m16a": 16, "m16b": 16}
 N_ROWS, N_TRAIN, BLOCK = 72, 48, 16  # 5 blocks: 3 for process 0, 2 (one short) for process 1
@@ -55,7 +54,7 @@ def main(out_dir, store_root, coordinator, pid, n_proc, mesh_data, mesh_pairs):
 
   rows = toy_rows()
   for model, dim in MODELS.items():
-    w = runner.embed_rows_to_store(
+    w = store.write_rows(
         toy_embed(model),
         dim,
         rows,

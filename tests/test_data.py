@@ -169,7 +169,7 @@ def run_inspect(*args):
 
 
 def test_inspect_dataset_binary(tmp_path):
-  ok = run_inspect("--dataset=wordnet", "--max_docs=500")
+  ok = run_inspect("--dataset=wordnet", "--config.data.max_docs=500")
   assert ok.returncode == 0, ok.stderr
   stats = json.loads(ok.stdout.strip().splitlines()[-1])
   assert stats["docs"] == 30000 and stats["queries"] == 10000 and stats["qrels"] == 10000

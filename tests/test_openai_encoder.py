@@ -123,7 +123,8 @@ def _run_embed(fake, out, *extra, timeout=300):
       str(ROOT / "experiments" / "embed.py"),
       "--dataset=wordnet",
       "--models=openai/text-embedding-3-small",
-      f"--out={out}",
+      f"--out={out.parent / 'run'}",
+      f"--config.store={out}",
       *extra,
   ]
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -136,14 +137,15 @@ def _all_files_bytes(root: pathlib.Path) -> bytes:
 def test_embed_binary_flaky_server_resumes_after_kill_and_never_writes_key(tmp_path):
   out = tmp_path / "store"
   args = [
-      "--split=train",
-      "--kind=corpus",
-      "--max_docs=300",
-      "--openai_batch_size=16",
-      "--block_rows=32",
-      "--openai_concurrency=2",
-      "--openai_timeout=1",
-      "--openai_dimensions=32",
+      "--config.embed.arrays=('train/corpus',)",
+      "--config.data.max_docs=300",
+      "--config.data.n_train=20000",  # split_dataset's default ratio, as the rows below
+      "--config.data.n_val=5000",
+      "--config.embed.openai_batch_size=16",
+      "--config.embed.block_rows=32",
+      "--config.embed.openai_concurrency=2",
+      "--config.embed.openai_timeout_s=1",
+      "--config.embed.openai_dimensions=32",
   ]
   ds = data.load("wordnet")
   rows = data.build_rows(ds, data.split_dataset(ds, max_docs=300)["train"], "corpus")

@@ -14,24 +14,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = pathlib.Path(os.environ.get("LEAD_JAX_MODELS", "~/.cache/lead_jax/models")).expanduser()
 ARTIFACTS = ROOT / "artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not (MODELS / "paraphrase-MiniLM-L3-v2").is_dir(),
-    reason="offline models not installed: run `bash scripts/setup.sh`",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (MODELS / "paraphrase-MiniLM-L3-v2").is_dir(),
+        reason="offline models not installed: run `bash scripts/setup.sh`",
+    ),
+    pytest.mark.slow,  # the whole pipeline end to end
+]
 
 
 def run_all(out, *extra):
   cmd = [
       sys.executable,
       str(ROOT / "experiments" / "run_all.py"),
+      "--config=configs/tiny.py",  # 2 models, 200 docs (150/50), depth 1, 40 steps, 2 folds
       f"--out={out}",
-      "--models=paraphrase-MiniLM-L3-v2,wordllama",
-      "--max_docs=200",
-      "--n_train=150",
-      "--n_val=50",
-      "--depths=1",
-      "--mlp_steps=40",
-      "--folds=2",
       *extra,
   ]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

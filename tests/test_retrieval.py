@@ -321,14 +321,19 @@ def _closed_form_dir(path, pairs):
 
 
 @pytest.fixture
-def translate_run():
-  sys.path.insert(0, os.path.join(ROOT, "experiments"))
-  try:
-    import translate_store
+def translate_run(tmp_path):
+  """The translate stage with its settings given as keywords (the old binary's flags)."""
+  from lead_jax import config
+  from lead_jax.layout import RunLayout
+  from lead_jax.pipeline import translate
 
-    yield translate_store.run
-  finally:
-    sys.path.remove(os.path.join(ROOT, "experiments"))
+  def run(*, store_root, dataset, stop_after_blocks=None, **kw):
+    cfg = config.StudyConfig(dataset=dataset, out=str(tmp_path / "run"), store=str(store_root))
+    for k, v in kw.items():
+      setattr(cfg.translate, k, str(v) if k == "stitch" else v)
+    return translate.run(cfg, RunLayout.from_config(cfg), stop_after_blocks=stop_after_blocks)
+
+  return run
 
 
 def test_translate_store_round_trip_resume_and_refusal(tmp_path, translate_run):

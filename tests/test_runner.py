@@ -1,5 +1,5 @@
 """Encoding runner: bucketed, length-sorted, padded batches give the PyTorch reference embeddings;
-embed_dataset skips complete arrays and resumes partial ones to identical bytes."""
+the embed stage skips complete arrays and resumes partial ones to identical bytes."""
 
 import os
 import pathlib
@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from lead_jax import data, store
+from lead_jax import config, data, pipeline, store
 from lead_jax.encoders import registry, runner
 
 MODELS = pathlib.Path(os.environ.get("LEAD_JAX_MODELS", "~/.cache/lead_jax/models")).expanduser()
@@ -50,17 +50,15 @@ def test_runner_matches_torch_with_buckets_and_padding_rows():
 
 @needs_minilm
 def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
-  kw = dict(
-      dataset="wordnet",
-      models=["wordllama"],
-      max_docs=120,
-      block_rows=16,
-      splits=["train"],
-      kinds=["corpus"],
-  )
-  runner.embed_dataset(out=tmp_path / "a", **kw)
+  def embed(out):  # the embed stage: wordllama's train corpus rows of 120 documents
+    cfg = config.StudyConfig(models=("wordllama",), out=str(out), store=str(out))
+    cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 120, 20_000, 5_000
+    cfg.embed.block_rows, cfg.embed.arrays = 16, ("train/corpus",)
+    return pipeline.stage("embed")(cfg, pipeline.RunLayout.from_config(cfg))
+
+  embed(tmp_path / "a")
   full = store.read_array(tmp_path / "a", "wordnet", "train", "corpus", "wordllama")
-  assert runner.embed_dataset(out=tmp_path / "a", **kw) == {"wordllama": "complete"}
+  assert embed(tmp_path / "a") == {"wordllama": "complete"}
 
   # a partial array (as a killed run leaves it) is resumed at its committed block
   ds = data.load("wordnet")
@@ -86,6 +84,6 @@ def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
   )
   w.write(0, full[:16])
   w.write(16, full[16:32])
-  runner.embed_dataset(out=tmp_path / "b", **kw)
+  embed(tmp_path / "b")
   again = store.read_array(tmp_path / "b", "wordnet", "train", "corpus", "wordllama")
   assert again.tobytes() == full.tobytes()
