@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lead_jax.stitch import metrics
 from lead_jax.stitch import closed_form as cf
+from lead_jax.stitch import metrics
 
 LAMS = np.array([0.0, 1e-2, 1.0, 100.0])
 
