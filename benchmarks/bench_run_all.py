@@ -47,10 +47,10 @@ def main():
   if args.quick:
     cmd += [
         "--models=all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,wordllama",
-        "--max_docs=1000",
-        "--n_train=750",
-        "--n_val=250",
-        "--mlp_steps=200",
+        "--config.data.max_docs=1000",
+        "--config.data.n_train=750",
+        "--config.data.n_val=250",
+        "--config.mlp.steps=200",
     ]
   res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   if res.returncode != 0:
@@ -59,9 +59,10 @@ def main():
   final = json.loads(res.stdout.strip().splitlines()[-1])
 
   from lead_jax import store
+  from lead_jax.similarity.gram import CONTROL_NAME
 
   cka = np.load(out / "similarity" / "cka.npz")
-  names = [str(n) for n in cka["names"] if str(n) != "gaussian_control"]
+  names = [str(n) for n in cka["names"] if str(n) != CONTROL_NAME]
   xs = [store.read_array(out / "store", "wordnet", "train", "corpus", m) for m in names]
   ref = linear_cka_f64(xs)
   diff = float(np.abs(np.asarray(cka["linear"])[: len(names), : len(names)] - ref).max())

@@ -6,17 +6,12 @@ import pytest
 
 from lead_jax.stitch import closed_form as cf
 from lead_jax.stitch import io as stitch_io
+from tests._helpers import correlated
 
 LAMS = np.array([0.0, 1e-3, 1e-1, 10.0])
 
 
-def _data(dims, n, seed=0, noise=0.3):
-  rng = np.random.default_rng(seed)
-  lat = rng.normal(size=(n, 5))
-  return [
-      lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d)
-      for d in dims
-  ]
+_data = correlated
 
 
 def ref_ridge(x, y, lam):

@@ -14,6 +14,7 @@ import pytest
 
 from lead_jax import distributed, store
 from tests import _dist_child
+from tests._helpers import process_writer, toy_writer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD = pathlib.Path(__file__).with_name("_dist_child.py")
@@ -123,19 +124,7 @@ def test_store_ranges_resume_and_last_writer_completes(tmp_path):
   ref.finish()
 
   root = tmp_path / "two"
-  open_ = lambda p: store.open_writer(
-      root,
-      "ds",
-      "train",
-      "corpus",
-      "m",
-      n_rows=n,
-      dim=dim,
-      meta=META,
-      block_rows=block,
-      process_index=p,
-      process_count=2,
-  )
+  open_ = lambda p: process_writer(root, p, n_rows=n, dim=dim, meta=META, block_rows=block)
   w0, w1 = open_(0), open_(1)
   assert (w0.start, w0.stop, w1.start, w1.stop) == (0, 48, 48, 70)
   w1.write(48, _rows(48, 64))
@@ -165,17 +154,11 @@ def test_store_ranges_resume_and_last_writer_completes(tmp_path):
   assert _chunks(d(tmp_path / "one")) == _chunks(d(root))
   assert (
       open_(1).complete
-      and store.open_writer(
-          root, "ds", "train", "corpus", "m", n_rows=n, dim=dim, meta=META, block_rows=block
-      ).complete
+      and toy_writer(root, n_rows=n, dim=dim, meta=META, block_rows=block).complete
   )
   # re-creating (overwrite) drops every progress file, so no stale range is trusted
-  w = store.open_writer(
+  w = toy_writer(
       root,
-      "ds",
-      "train",
-      "corpus",
-      "m",
       n_rows=n,
       dim=dim,
       meta=META,

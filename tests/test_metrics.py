@@ -6,17 +6,12 @@ import numpy as np
 
 from lead_jax.stitch import closed_form as cf
 from lead_jax.stitch import metrics
+from tests._helpers import correlated
 
 LAMS = np.array([0.0, 1e-2, 1.0, 100.0])
 
 
-def _data(dims, n, seed=0, noise=0.3):
-  rng = np.random.default_rng(seed)
-  lat = rng.normal(size=(n, 5))
-  return [
-      lat @ rng.normal(size=(5, d)) + noise * rng.normal(size=(n, d)) + rng.normal(size=d)
-      for d in dims
-  ]
+_data = correlated
 
 
 def ref_fit_metrics(xtr, ytr, xv, yv, lam):

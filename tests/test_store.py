@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lead_jax import store
+from tests._helpers import toy_writer
 
 CHILD = pathlib.Path(__file__).with_name("_store_writer_child.py")
 META = {"weights_digest": "w0", "rows_digest": "r0", "pooling": "mean", "normalize": True}
@@ -42,25 +43,17 @@ def test_round_trip(tmp_path, dtype, tol):
 def test_reopen_complete_is_noop_and_mismatch_refused(tmp_path):
   x = np.ones((10, 4), np.float32)
   write_all(tmp_path, x)
-  w = store.open_writer(tmp_path, "ds", "train", "corpus", "m", n_rows=10, dim=4, meta=META)
+  w = toy_writer(tmp_path, n_rows=10, dim=4, meta=META)
   assert w.complete and w.committed_rows == 10
   with pytest.raises(store.StoreError, match="different weights_digest"):
-    store.open_writer(
+    toy_writer(
         tmp_path,
-        "ds",
-        "train",
-        "corpus",
-        "m",
         n_rows=10,
         dim=4,
         meta={**META, "weights_digest": "w1"},
     )
-  w = store.open_writer(
+  w = toy_writer(
       tmp_path,
-      "ds",
-      "train",
-      "corpus",
-      "m",
       n_rows=10,
       dim=4,
       meta={**META, "weights_digest": "w1"},
@@ -70,9 +63,7 @@ def test_reopen_complete_is_noop_and_mismatch_refused(tmp_path):
 
 
 def test_out_of_order_and_nonfinite_writes_refused(tmp_path):
-  w = store.open_writer(
-      tmp_path, "ds", "train", "corpus", "m", n_rows=20, dim=3, meta=META, block_rows=8
-  )
+  w = toy_writer(tmp_path, n_rows=20, dim=3, meta=META, block_rows=8)
   with pytest.raises(store.StoreError, match=r"next block is rows \[0, 8\)"):
     w.write(8, np.zeros((8, 3), np.float32))
   bad = np.zeros((8, 3), np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lead_jax import store
+from tests._helpers import process_writer, toy_writer
 
 META = {"weights_digest": "w0", "rows_digest": "r0", "pooling": "mean", "normalize": True}
 _fresh = itertools.count()
@@ -77,9 +78,7 @@ def test_round_trip_matches_local(tmp_path, url, dtype):
 def test_resume_after_abandoned_writer(url):
   base = re.escape(url.rstrip("/"))
   n, dim, block = 70, 5, 16
-  open_ = lambda **kw: store.open_writer(
-      url, "ds", "train", "corpus", "m", n_rows=n, dim=dim, meta=META, block_rows=block, **kw
-  )
+  open_ = lambda **kw: toy_writer(url, n_rows=n, dim=dim, meta=META, block_rows=block, **kw)
   w = open_()
   w.write(0, _rows(0, 16))
   w.write(16, _rows(16, 32))
@@ -96,12 +95,8 @@ def test_resume_after_abandoned_writer(url):
   assert store.read_array(url, "ds", "train", "corpus", "m").tobytes() == _rows(0, n).tobytes()
   assert open_().complete
   with pytest.raises(store.StoreError, match=rf"{base}/ds/train/corpus/m: exists with different"):
-    store.open_writer(
+    toy_writer(
         url,
-        "ds",
-        "train",
-        "corpus",
-        "m",
         n_rows=n,
         dim=dim,
         meta={**META, "weights_digest": "w1"},
@@ -117,19 +112,7 @@ def test_processes_in_turn(tmp_path, url):
   n, dim, block = 70, 5, 16
   ref = write_all(tmp_path / "one", _rows(0, n), model="m", block_rows=block)
   assert ref.complete
-  open_ = lambda p: store.open_writer(
-      url,
-      "ds",
-      "train",
-      "corpus",
-      "m",
-      n_rows=n,
-      dim=dim,
-      meta=META,
-      block_rows=block,
-      process_index=p,
-      process_count=2,
-  )
+  open_ = lambda p: process_writer(url, p, n_rows=n, dim=dim, meta=META, block_rows=block)
   w0, w1 = open_(0), open_(1)
   assert (w0.start, w0.stop, w1.start, w1.stop) == (0, 48, 48, 70)
   w1.write(48, _rows(48, 64))
@@ -153,12 +136,8 @@ def test_processes_in_turn(tmp_path, url):
       "progress.1-of-2.json",
       "progress.json",
   ]
-  store.open_writer(
+  toy_writer(
       url,
-      "ds",
-      "train",
-      "corpus",
-      "m",
       n_rows=n,
       dim=dim,
       meta=META,
@@ -174,7 +153,7 @@ def test_errors_name_the_url(url):
     store.read_array(url, "ds", "train", "corpus", "absent")
   with pytest.raises(store.StoreError, match=rf"{base}/ds/train/query: no complete arrays"):
     store.read_models(url, "ds", "train", "query")
-  w = store.open_writer(url, "ds", "train", "corpus", "m", n_rows=8, dim=3, meta=META)
+  w = toy_writer(url, n_rows=8, dim=3, meta=META)
   bad = np.zeros((8, 3), np.float32)
   bad[2, 0] = np.inf
   with pytest.raises(
