@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 
 import jax
@@ -19,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lead_jax.encoders import loader, pooling, xlm_roberta
-from lead_jax.encoders.loader import l2_normalize, load_hf_encoder
+from lead_jax.encoders import loader, pooling, registry, xlm_roberta
+from lead_jax.encoders.loader import load_hf_encoder
+from lead_jax.numerics import l2_normalize
+from tests._encoder_helpers import right_padded_batch, seeded_hf_model, torch_last_hidden
 
 ATOL = 1e-4
 VOCAB = 1000
@@ -44,10 +45,8 @@ def _write_tokenizer(d: pathlib.Path, specials: list[str]) -> None:
 
 def _tiny_hf_model(d: pathlib.Path, kind: str, hidden_act: str = "gelu"):
   """Save a tiny random HF model (+ tokenizer.json) to d; return the torch model."""
-  import torch
   import transformers
 
-  torch.manual_seed(0)
   common = dict(
       vocab_size=VOCAB,
       hidden_size=64,
@@ -57,39 +56,26 @@ def _tiny_hf_model(d: pathlib.Path, kind: str, hidden_act: str = "gelu"):
       hidden_act=hidden_act,
   )
   if kind == "bert":
-    m = transformers.BertModel(transformers.BertConfig(max_position_embeddings=64, **common))
+    m = seeded_hf_model(
+        transformers.BertModel, transformers.BertConfig(max_position_embeddings=64, **common)
+    )
     specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]"]
     m.config.pad_token_id = 1  # make pad != 0 so a wrong pad id would show
   else:
-    m = transformers.XLMRobertaModel(
-        transformers.XLMRobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
+    m = seeded_hf_model(
+        transformers.XLMRobertaModel,
+        transformers.XLMRobertaConfig(max_position_embeddings=66, pad_token_id=1, **common),
     )
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-  m.eval()
   d.mkdir(parents=True, exist_ok=True)
   m.save_pretrained(str(d))
   _write_tokenizer(d, specials)
   return m
 
 
-def _batch(pad_id: int, B: int = 5, L: int = 20, seed: int = 0):
-  """Random ids with right padding of varied lengths (one full row, one length-1 row)."""
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(4, VOCAB, (B, L)).astype(np.int32)
-  lengths = [L, 13, 7, 2, 1][:B]
-  mask = (np.arange(L)[None, :] < np.array(lengths)[:, None]).astype(np.int32)
-  return np.where(mask == 1, ids, pad_id).astype(np.int32), mask
-
-
-def _torch_hidden(m, ids, mask) -> np.ndarray:
-  import torch
-
-  with torch.no_grad():
-    out = m(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        attention_mask=torch.tensor(mask, dtype=torch.long),
-    )
-  return out.last_hidden_state.numpy()
+def _batch(pad_id: int):
+  """Random ids (above the 4 specials) right-padded to 20: one full row, one length-1 row."""
+  return right_padded_batch(np.random.default_rng(0), [20, 13, 7, 2, 1], VOCAB, pad_id, low=4)
 
 
 @pytest.mark.parity
@@ -103,7 +89,7 @@ def test_random_init_parity(tmp_path, kind, hidden_act):
   assert enc.pad_token_id == 1
   ids, mask = _batch(enc.pad_token_id)
   ours = np.asarray(jax.jit(enc.module.apply)(enc.params["model"], ids, mask))
-  ref = _torch_hidden(m, ids, mask)
+  ref = torch_last_hidden(m, ids, mask)
   diff = np.abs(ours - ref)
   print(
       f"{kind}/{hidden_act}: max abs diff all={diff.max():.3g} unpadded={diff[mask == 1].max():.3g}"
@@ -147,7 +133,9 @@ def test_half_precision_checkpoint_loads_as_fp32(tmp_path, torch_dtype):
   assert {x.dtype for x in jax.tree.leaves(enc.params)} == {jnp.dtype(jnp.float32)}
   ids, mask = _batch(enc.pad_token_id)
   ours = np.asarray(jax.jit(enc.module.apply)(enc.params["model"], ids, mask))
-  assert np.abs(ours - _torch_hidden(m.float(), ids, mask)).max() <= ATOL  # same (rounded) weights
+  assert (
+      np.abs(ours - torch_last_hidden(m.float(), ids, mask)).max() <= ATOL
+  )  # same (rounded) weights
 
 
 # --------------------------------------------------------------------------- pooling / Dense
@@ -193,33 +181,15 @@ def test_pooling_matches_sentence_transformers(cfg):
 
 def _write_st_layout(d: pathlib.Path, pooling_cfg: dict, dense_mods) -> None:
   """modules.json + 1_Pooling (+ Dense dirs saved by sentence-transformers) + 2_Normalize."""
-  mods = [
-      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-      {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-  ]
+  steps = [("", "Transformer"), ("1_Pooling", "Pooling")]
   (d / "1_Pooling").mkdir()
   (d / "1_Pooling" / "config.json").write_text(json.dumps(pooling_cfg))
   for i, dm in enumerate(dense_mods, start=2):
     (d / f"{i}_Dense").mkdir()
     dm.save(str(d / f"{i}_Dense"))
-    mods.append(
-        {
-            "idx": i,
-            "name": str(i),
-            "path": f"{i}_Dense",
-            "type": "sentence_transformers.models.Dense",
-        }
-    )
-  n = len(mods)
-  mods.append(
-      {
-          "idx": n,
-          "name": str(n),
-          "path": f"{n}_Normalize",
-          "type": "sentence_transformers.models.Normalize",
-      }
-  )
-  (d / "modules.json").write_text(json.dumps(mods))
+    steps.append((f"{i}_Dense", "Dense"))
+  steps.append((f"{len(steps)}_Normalize", "Normalize"))
+  (d / "modules.json").write_text(json.dumps(pooling.st_modules_json(*steps)))
   (d / "sentence_bert_config.json").write_text(
       json.dumps({"max_seq_length": 24, "do_lower_case": False})
   )
@@ -254,7 +224,7 @@ def test_dense_pipeline_matches_sentence_transformers(tmp_path):
   ours = np.asarray(l2_normalize(jax.jit(enc.embed_fn)(enc.params, ids, mask)))
 
   feats = {
-      "token_embeddings": torch.tensor(_torch_hidden(m, ids, mask)),
+      "token_embeddings": torch.tensor(torch_last_hidden(m, ids, mask)),
       "attention_mask": torch.tensor(mask),
   }
   with torch.no_grad():
@@ -306,8 +276,7 @@ _TEXTS = [
 
 
 def _minilm_dir() -> pathlib.Path:
-  root = pathlib.Path(os.environ.get("LEAD_JAX_MODELS", "~/.cache/lead_jax/models")).expanduser()
-  d = root / "all-MiniLM-L6-v2"
+  d = registry.models_cache_dir() / "all-MiniLM-L6-v2"
   if not (d / "config.json").exists():
     pytest.skip(f"{d} missing: run `bash scripts/setup.sh` to install all-MiniLM-L6-v2")
   return d
@@ -379,7 +348,7 @@ def test_pickle_only_dir_refused_then_loaded_with_flag(tmp_path):
   ids, mask = _batch(enc.pad_token_id)
   diff = np.abs(
       np.asarray(jax.jit(enc.module.apply)(enc.params["model"], ids, mask))
-      - _torch_hidden(m, ids, mask)
+      - torch_last_hidden(m, ids, mask)
   )
   assert diff.max() <= ATOL
 

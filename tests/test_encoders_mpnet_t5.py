@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,29 +19,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from lead_jax.encoders import mpnet, t5
+from lead_jax.encoders import layers, mpnet, registry, t5
+from tests._encoder_helpers import right_padded_batch, seeded_hf_model, torch_last_hidden
 
 pytestmark = pytest.mark.parity
 
 TOL = 1e-4
-
-
-def _batch(rng: np.random.Generator, lengths, vocab: int, pad_id: int, low: int = 3):
-  """Random ids in [low, vocab) with right padding to max(lengths); never emits pad_id."""
-  l = max(lengths)
-  ids = rng.integers(low, vocab, size=(len(lengths), l)).astype(np.int32)
-  mask = (np.arange(l)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
-  return np.where(mask == 1, ids, pad_id).astype(np.int32), mask
-
-
-def _torch_last_hidden(model, ids, mask):
-  import torch
-
-  with torch.no_grad():
-    out = model(
-        input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
-    )
-  return out.last_hidden_state.numpy()
 
 
 def _max_diff_on_tokens(a, b, mask) -> float:
@@ -68,7 +50,7 @@ def test_relative_position_buckets_match_hf(num_buckets, max_distance):
   n = 700
   rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
   want = T5Attention._relative_position_bucket(rel, True, num_buckets, max_distance).numpy()
-  got = t5.relative_position_buckets(n, n, num_buckets, max_distance)
+  got = layers.relative_position_buckets(n, n, num_buckets, max_distance)
   np.testing.assert_array_equal(got, want)
   if num_buckets == 32:
     want_mp = MPNetEncoder.relative_position_bucket(rel, num_buckets, max_distance).numpy()
@@ -84,7 +66,6 @@ def test_mpnet_random_parity(tmp_path):
   import torch
   import transformers
 
-  torch.manual_seed(0)
   hf_cfg = transformers.MPNetConfig(
       vocab_size=99,
       hidden_size=64,
@@ -94,7 +75,7 @@ def test_mpnet_random_parity(tmp_path):
       max_position_embeddings=64,
       relative_attention_num_buckets=32,
   )
-  hf = transformers.MPNetModel(hf_cfg).eval()
+  hf = seeded_hf_model(transformers.MPNetModel, hf_cfg)
   with torch.no_grad():  # default init leaves the bias table tiny; make it matter
     hf.encoder.relative_attention_bias.weight.normal_(0.0, 1.0)
   cfg_dict, state = _save_and_reload(hf, tmp_path)
@@ -102,10 +83,12 @@ def test_mpnet_random_parity(tmp_path):
 
   cfg = mpnet.MPNetConfig.from_hf_config(cfg_dict)
   variables = mpnet.params_from_hf(state, cfg)
-  ids, mask = _batch(np.random.default_rng(0), LENGTHS, cfg.vocab_size, cfg.pad_token_id)
+  ids, mask = right_padded_batch(
+      np.random.default_rng(0), LENGTHS, cfg.vocab_size, cfg.pad_token_id
+  )
   got = jax.jit(mpnet.MPNetModel(cfg).apply)(variables, ids, mask)
   assert got.shape == (len(LENGTHS), max(LENGTHS), 64) and got.dtype == jnp.float32
-  diff = _max_diff_on_tokens(got, _torch_last_hidden(hf, ids, mask), mask)
+  diff = _max_diff_on_tokens(got, torch_last_hidden(hf, ids, mask), mask)
   print(f"mpnet random max abs diff {diff:.2e}")
   assert diff <= TOL
 
@@ -121,10 +104,8 @@ def test_mpnet_random_parity(tmp_path):
 
 @pytest.mark.parametrize("ff_proj", ["relu", "gated-gelu"])
 def test_t5_encoder_random_parity(tmp_path, ff_proj):
-  import torch
   import transformers
 
-  torch.manual_seed(0)
   hf_cfg = transformers.T5Config(
       vocab_size=99,
       d_model=64,
@@ -136,17 +117,19 @@ def test_t5_encoder_random_parity(tmp_path, ff_proj):
       relative_attention_max_distance=16,
       feed_forward_proj=ff_proj,
   )
-  hf = transformers.T5EncoderModel(hf_cfg).eval()
+  hf = seeded_hf_model(transformers.T5EncoderModel, hf_cfg)
   cfg_dict, state = _save_and_reload(hf, tmp_path)
 
   cfg = t5.T5Config.from_hf_config(cfg_dict)
   assert cfg.is_gated_act == (ff_proj == "gated-gelu")
   assert cfg.dense_act_fn == ("gelu_new" if ff_proj == "gated-gelu" else "relu")
   variables = t5.params_from_hf(state, cfg)
-  ids, mask = _batch(np.random.default_rng(1), LENGTHS, cfg.vocab_size, cfg.pad_token_id)
+  ids, mask = right_padded_batch(
+      np.random.default_rng(1), LENGTHS, cfg.vocab_size, cfg.pad_token_id
+  )
   got = jax.jit(t5.T5EncoderModel(cfg).apply)(variables, ids, mask)
   assert got.shape == (len(LENGTHS), max(LENGTHS), 64)
-  diff = _max_diff_on_tokens(got, _torch_last_hidden(hf, ids, mask), mask)
+  diff = _max_diff_on_tokens(got, torch_last_hidden(hf, ids, mask), mask)
   print(f"t5 {ff_proj} random max abs diff {diff:.2e}")
   assert diff <= TOL
 
@@ -215,17 +198,13 @@ TEXTS = [
 ]
 
 
-def _models_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("LEAD_JAX_MODELS", "~/.cache/lead_jax/models")).expanduser()
-
-
 def _mean_pool_normalize(hidden_bld, mask_bl):
   m = mask_bl[..., None].astype(np.float64)
   pooled = (np.asarray(hidden_bld, np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
   return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
 
-def _tokenize(model_dir: pathlib.Path, texts, max_len: int):
+def _tokenize(model_dir, texts, max_len: int):
   from tokenizers import Tokenizer
 
   tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -247,7 +226,7 @@ def test_all_mpnet_base_v2_matches_torch():
   import torch
   import transformers
 
-  model_dir = _models_dir() / "all-mpnet-base-v2"
+  model_dir = registry.models_cache_dir() / "all-mpnet-base-v2"
   if not (model_dir / "model.safetensors").exists():
     pytest.skip(f"{model_dir} missing; run `bash scripts/setup.sh` to install the models")
   torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -268,7 +247,7 @@ def test_all_mpnet_base_v2_matches_torch():
     l = int(mask[idx].sum(1).max())
     b_ids, b_mask = ids[idx, :l], mask[idx, :l]
     got.append(_mean_pool_normalize(fwd(variables, b_ids, b_mask), b_mask))
-    want.append(_mean_pool_normalize(_torch_last_hidden(hf, b_ids, b_mask), b_mask))
+    want.append(_mean_pool_normalize(torch_last_hidden(hf, b_ids, b_mask), b_mask))
   diff = float(np.max(np.abs(np.concatenate(got) - np.concatenate(want))))
   print(f"all-mpnet-base-v2 normalized embedding max abs diff {diff:.2e} over {len(TEXTS)} texts")
   assert diff <= TOL

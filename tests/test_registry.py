@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from lead_jax.encoders import install, registry
+from lead_jax.encoders import install, pooling, registry
+from tests._encoder_helpers import installed_model_dir
 
 
 def test_registry_covers_lead_models_and_offline_defaults():
@@ -19,8 +20,6 @@ def test_registry_covers_lead_models_and_offline_defaults():
     assert s.name == n and s.pooling in ("cls", "mean")
     assert s.hf_id.split("/")[1] == n or n == "wordllama"
   assert set(registry.OFFLINE_DEFAULTS) == set(install.DEFAULT_MODELS)
-  for n in registry.OFFLINE_DEFAULTS:  # registry pins = installer pins
-    assert dict(registry.get(n).pypi) == {p.name: p.version for p in install.INSTALLS[n].packages}
   assert registry.names("openai") == ["text-embedding-3-small", "text-embedding-3-large"]
   assert registry.get("text-embedding-3-large").dim == 3072
 
@@ -156,30 +155,10 @@ def test_spec_for_dir_reads_sentence_transformers_files(tmp_path):
       )
   )
   (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
-  (d / "modules.json").write_text(
-      json.dumps(
-          [
-              {
-                  "idx": 0,
-                  "name": "0",
-                  "path": "",
-                  "type": "sentence_transformers.models.Transformer",
-              },
-              {
-                  "idx": 1,
-                  "name": "1",
-                  "path": "1_Pooling",
-                  "type": "sentence_transformers.models.Pooling",
-              },
-              {
-                  "idx": 2,
-                  "name": "2",
-                  "path": "2_Normalize",
-                  "type": "sentence_transformers.models.Normalize",
-              },
-          ]
-      )
+  modules = pooling.st_modules_json(
+      ("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")
   )
+  (d / "modules.json").write_text(json.dumps(modules))
   got = registry.spec_for_dir(dataclasses.replace(spec, normalize=False), d)
   assert (got.pooling, got.max_length, got.normalize, got.query_prefix) == ("cls", 128, True, "")
   (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
@@ -189,9 +168,7 @@ def test_spec_for_dir_reads_sentence_transformers_files(tmp_path):
 
 @pytest.mark.parametrize("name", registry.OFFLINE_DEFAULTS)
 def test_installed_dirs_agree_with_registry(name):
-  d = install.default_cache_dir() / name
-  if not install.marker_ok(d, install.INSTALLS[name]):
-    pytest.skip(f"{name} not installed")
+  d = installed_model_dir(name)
   assert registry.resolve_model_dir(name) == d
   spec = registry.get(name)
   assert registry.spec_for_dir(spec, d) == spec  # files and registry say the same thing

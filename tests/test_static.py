@@ -19,6 +19,7 @@ import pytest
 
 from lead_jax.encoders import install as inst
 from lead_jax.encoders import static
+from tests._encoder_helpers import installed_model_dir
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog",
@@ -109,9 +110,7 @@ def test_not_a_static_dir(tmp_path):
 
 @pytest.mark.parametrize("norm", [False, True])
 def test_wordllama_parity(norm):
-  d = inst.default_cache_dir() / "wordllama"
-  if not inst.marker_ok(d, inst.INSTALLS["wordllama"]):
-    pytest.skip("wordllama not installed (python -m lead_jax.encoders.install --models=wordllama)")
+  d = installed_model_dir("wordllama")
   enc = static.load_static_encoder(d, normalize=norm)
   assert enc.dim == 256 and enc.vocab_size == 32000
   assert enc.weights_digest == inst.read_marker(d)["weights"]["model.safetensors"]["sha256"]

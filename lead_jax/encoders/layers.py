@@ -5,7 +5,7 @@
 * `mask_bias_bk`: a 0/1 attention mask as an additive fp32 bias.
 * `relative_position_buckets`, `position_bias_hqk`, `relative_attention_bias`: the
   T5/MPNet relative-position bias, one table per encoder stack.
-* `relative_attention`: the softmax attention of the relative-position models.
+* `RelativeSelfAttention`: the self-attention of the relative-position models.
 * `check_params_tree`: a converted checkpoint must fit the model's parameter tree.
 """
 
@@ -181,7 +181,7 @@ def relative_attention_bias(
     init_stddev: stddev of the table's normal initialiser.
 
   Returns:
-    (fp32 [H, L, L] position bias, fp32 [B, L] mask bias), as `relative_attention` takes them.
+    (fp32 [H, L, L] position bias, fp32 [B, L] mask bias), as `RelativeSelfAttention` takes them.
   """
   table_nh = module.param(
       "relative_attention_bias",
@@ -193,33 +193,36 @@ def relative_attention_bias(
   return position_bias_hqk(table_nh, l, l, num_buckets, max_distance), mask_bias_bk(attention_mask)
 
 
-def relative_attention(
-    q_blhk: jax.Array,
-    k_blhk: jax.Array,
-    v_blhk: jax.Array,
-    bias_parts: tuple[jax.Array, jax.Array],
-    dtype: Any,
-) -> jax.Array:
-  """Softmax attention plus a relative-position bias and a mask bias (T5, MPNet).
+class RelativeSelfAttention(nn.Module):
+  """Self-attention plus a relative-position bias and a mask bias (T5, MPNet).
 
-  Scores are not scaled here (T5 has no scaling; MPNet scales q beforehand). Scores
-  and softmax are fp32; the probabilities are cast to `dtype` for the value product.
-
-  Args:
-    q_blhk: queries [B, L, H, K].
-    k_blhk: keys [B, L, H, K].
-    v_blhk: values [B, L, H, K].
-    bias_parts: (fp32 [H, L, L] position bias, fp32 [B, L] mask bias).
-    dtype: the compute dtype of the value product.
-
-  Returns:
-    The attended values [B, L, H, K].
+  Parameters `q`, `k`, `v`, `o` as in HF. Scores and softmax are fp32; the
+  probabilities are cast to `dtype` for the value product. Call it with
+  (x [B, L, D], bias parts from `relative_attention_bias`); it returns [B, L, out_features].
   """
-  pos_hqk, mask_bk = bias_parts
-  scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
-  scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
-  probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(dtype)
-  return jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
+
+  num_heads: int
+  head_dim: int
+  out_features: int
+  use_bias: bool  # MPNet's projections have biases, T5's none
+  scale_queries: bool  # MPNet scales q by head_dim**-0.5; T5 folds that into its init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_bld, bias_parts):
+    b, l, _ = x_bld.shape
+    inner = self.num_heads * self.head_dim
+    proj = lambda n, name: dense(n, name, self.dtype, use_bias=self.use_bias)
+    heads = lambda name: proj(inner, name)(x_bld).reshape(b, l, self.num_heads, self.head_dim)
+    q_blhk, k_blhk, v_blhk = heads("q"), heads("k"), heads("v")
+    if self.scale_queries:  # scale q instead of the [B,H,L,L] scores; same maths as HF
+      q_blhk = q_blhk * (self.head_dim**-0.5)
+    pos_hqk, mask_bk = bias_parts
+    scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
+    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
+    probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
+    ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
+    return proj(self.out_features, "o")(ctx_blhk.reshape(b, l, inner))
 
 
 def check_params_tree(params: dict, model: nn.Module, what: str) -> None:

@@ -24,10 +24,10 @@ import numpy as np
 
 from lead_jax.encoders.layers import (
     ACTIVATIONS,
+    RelativeSelfAttention,
     check_params_tree,
     dense,
     layer_norm,
-    relative_attention,
     relative_attention_bias,
 )
 
@@ -93,8 +93,8 @@ class MPNetConfig:
     return self.max_position_embeddings - self.pad_token_id - 1
 
 
-class MPNetSelfAttention(nn.Module):
-  """Self-attention with the shared relative-position bias: (x [B,L,D], bias parts) -> [B,L,D]."""
+class MPNetAttention(nn.Module):
+  """Post-LN residual self-attention sublayer (with HF's bias, scaled queries)."""
 
   config: MPNetConfig
   dtype: Any = jnp.float32
@@ -102,27 +102,12 @@ class MPNetSelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x_bld, bias_parts):
     cfg = self.config
-    b, l, d = x_bld.shape
-    h = cfg.num_attention_heads
-    k = d // h
-    # Scale q instead of the [B,H,L,L] scores; same maths as HF.
-    q_blhk = (dense(d, "q", self.dtype)(x_bld) * (k**-0.5)).reshape(b, l, h, k)
-    k_blhk = dense(d, "k", self.dtype)(x_bld).reshape(b, l, h, k)
-    v_blhk = dense(d, "v", self.dtype)(x_bld).reshape(b, l, h, k)
-    ctx_blhk = relative_attention(q_blhk, k_blhk, v_blhk, bias_parts, self.dtype)
-    return dense(d, "o", self.dtype)(ctx_blhk.reshape(b, l, d))
-
-
-class MPNetAttention(nn.Module):
-  """Post-LN residual self-attention sublayer."""
-
-  config: MPNetConfig
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_bld, bias_parts):
-    y_bld = MPNetSelfAttention(self.config, self.dtype, name="attn")(x_bld, bias_parts)
-    return layer_norm(self.config.layer_norm_eps)(y_bld + x_bld)
+    d, h = cfg.hidden_size, cfg.num_attention_heads
+    attn = RelativeSelfAttention(
+        h, d // h, d, use_bias=True, scale_queries=True, dtype=self.dtype, name="attn"
+    )
+    y_bld = attn(x_bld, bias_parts)
+    return layer_norm(cfg.layer_norm_eps)(y_bld + x_bld)
 
 
 class MPNetIntermediate(nn.Module):

@@ -178,7 +178,8 @@ def _openai(name, dim):
 for _n, _d in (("bge-small-en-v1.5", 384), ("bge-base-en-v1.5", 768), ("bge-large-en-v1.5", 1024)):
   _hf(_n, "BAAI", "bert", "cls", _d, qp=BGE_QUERY)  # card: CLS + normalize
 for _n, _d in (("e5-small-v2", 384), ("e5-base-v2", 768), ("e5-large-v2", 1024)):
-  _hf(_n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: ")  # card: average_pool
+  # card: average_pool + normalize
+  _hf(_n, "intfloat", "bert", "mean", _d, qp="query: ", pp="passage: ")
 for _n, _d in (("gte-small", 384), ("gte-base", 768), ("gte-large", 1024)):
   _hf(_n, "thenlper", "bert", "mean", _d)  # card: average_pool + normalize
 # AnglE card: CLS pooling; retrieval queries take Prompts.C (the BGE instruction), documents none.

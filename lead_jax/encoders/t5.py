@@ -30,9 +30,9 @@ import numpy as np
 
 from lead_jax.encoders.layers import (
     ACTIVATIONS,
+    RelativeSelfAttention,
     check_params_tree,
     dense,
-    relative_attention,
     relative_attention_bias,
 )
 
@@ -112,25 +112,6 @@ def _dense(features: int, name: str, dtype: Any) -> nn.Dense:
   return dense(features, name, dtype, use_bias=False)
 
 
-class T5Attention(nn.Module):
-  """T5 self-attention (no biases, no score scaling): (x [B,L,D], bias parts) -> [B,L,D]."""
-
-  config: T5Config
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_bld, bias_parts):
-    cfg = self.config
-    b, l, _ = x_bld.shape
-    inner = cfg.num_heads * cfg.d_kv
-    q_blhk = _dense(inner, "q", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
-    k_blhk = _dense(inner, "k", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
-    v_blhk = _dense(inner, "v", self.dtype)(x_bld).reshape(b, l, cfg.num_heads, cfg.d_kv)
-    # T5: no 1/sqrt(d_kv) scaling (folded into the initialisation upstream).
-    ctx_blhk = relative_attention(q_blhk, k_blhk, v_blhk, bias_parts, self.dtype)
-    return _dense(cfg.d_model, "o", self.dtype)(ctx_blhk.reshape(b, l, inner))
-
-
 class T5LayerSelfAttention(nn.Module):
   """Pre-norm residual self-attention sublayer."""
 
@@ -139,8 +120,19 @@ class T5LayerSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_bld, bias_parts):
-    h_bld = T5LayerNorm(self.config.layer_norm_epsilon, name="layer_norm")(x_bld)
-    return x_bld + T5Attention(self.config, self.dtype, name="SelfAttention")(h_bld, bias_parts)
+    cfg = self.config
+    # T5: no biases, no 1/sqrt(d_kv) scaling (folded into the initialisation upstream).
+    attn = RelativeSelfAttention(
+        cfg.num_heads,
+        cfg.d_kv,
+        cfg.d_model,
+        use_bias=False,
+        scale_queries=False,
+        dtype=self.dtype,
+        name="SelfAttention",
+    )
+    h_bld = T5LayerNorm(cfg.layer_norm_epsilon, name="layer_norm")(x_bld)
+    return x_bld + attn(h_bld, bias_parts)
 
 
 class T5DenseReluDense(nn.Module):
