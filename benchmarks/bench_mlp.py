@@ -2,21 +2,21 @@
 
     .venv/bin/python benchmarks/bench_mlp.py --quick
     .venv/bin/python benchmarks/bench_mlp.py                  # 6 models, dims 384…1536
-    .venv/bin/python benchmarks/bench_mlp.py --quick --pad    # also time pad-to-max layout
 
-Ours: :func:`lead_jax.stitch.mlp.fit`: every ordered pair of 6 synthetic correlated
-models (30 pairs), grouped by (d_in, d_out) and vmapped, ``eval_every`` steps per jitted
-call with validation in the jit.  Baseline: for each pair, a Python loop calling the
-jitted single-pair step (:func:`mlp.pair_step`, the function ours vmaps) ``steps`` times,
-then the same val loss.  Both use the same seeds, so the final val losses agree up to
-float reassociation; ``max_abs_diff`` is the largest difference.
+Ours: `lead_jax.stitch.mlp.fit`: every ordered pair of 6 synthetic correlated models
+(30 pairs), grouped by (d_in, d_out) and vmapped, `eval_every` steps per jitted call with
+validation in the jit.  Baseline: for each pair, a Python loop calling the jitted
+single-pair step (`pair_step` below: the minibatch draw plus `mlp.pair_update`, the
+function ours vmaps) `steps` times, then the same val loss.  Both use the same seeds and
+no early stopping (`patience=0`: every pair trains every step), so the final val losses
+agree up to float reassociation; `max_abs_diff` is the largest difference.
 
-``--pad`` also times the other layout of :func:`mlp.make_plan` (``pad``: every model
-zero-padded to the largest dim, one vmapped group, true widths masked).  Measured on the
-2-core CPU box, --quick: group 0.31 s, pad 0.65 s, per-pair loop 2.23 s; so ``group`` is
-the default.  At the full dims (384…1536) the step is FLOP/memory bound and vmapping
-gains ~nothing over the loop (ratio ≈ 0.7–0.9 measured); the ≥ 5 goal holds where
-per-call overhead dominates (--quick: 7.2).
+Measured on the 2-core CPU box, --quick: ours 0.31 s, per-pair loop 2.23 s (ratio 7.2)
+when idle; 0.60 s vs 2.7 s (ratio ≈ 4.5) with other jobs sharing the cores.  (Padding
+every model to the largest dim, one vmapped group, was slower, 0.65 s idle, and was
+removed.)  At the full dims (384…1536) the step is FLOP/memory bound and vmapping gains
+~nothing over the loop (ratio ≈ 0.7–0.9 measured); the ≥ 5 goal holds only where
+per-call overhead dominates, as in --quick on an idle box.
 
 The last stdout line is one JSON object (see benchmarks/_common.py).
 """
@@ -49,26 +49,32 @@ flags.DEFINE_integer("batch_size", None, "Minibatch rows (default 32; quick 32).
 flags.DEFINE_integer("n_rows", None, "Train rows (default 4096; quick 2048); val = n_rows / 4.")
 flags.DEFINE_integer("eval_every", 100, "Steps per jitted call (ours).")
 flags.DEFINE_integer("repeats", None, "Timed repeats of ours (median; default 3 quick, 1 full).")
-flags.DEFINE_enum(
-    "layout",
-    None,
-    mlp.LAYOUTS,
-    "Layout of ours (group: measured faster, see the module docstring).",
-)
-flags.DEFINE_bool("pad", False, "Also time the other layout.")
 
 
-def _baseline(plan, train, val, cfg, tcfg):
-  """Per pair: init as ours, then `steps` calls of the jitted single-pair step."""
-  step = jax.jit(functools.partial(mlp.pair_step, cfg=cfg, tcfg=tcfg))
+def pair_step(params, opt_state, active, key, step, xs_mnd, ys_mnd, src, tgt, *, cfg, tcfg):
+  """The single-pair step: draw the minibatch of `step`, then `mlp.pair_update`.
+
+  `xs_mnd` / `ys_mnd` are the dim stacks holding the source / target rows; `src` / `tgt`
+  index them.  The all-pairs chunk computes exactly this, with the minibatch indices of
+  all its steps drawn up front.
+  """
+  idx = mlp.batch_indices(key, step, xs_mnd.shape[1], tcfg.batch_size)
+  return mlp.pair_update(
+      params, opt_state, active, xs_mnd[src, idx], ys_mnd[tgt, idx], cfg=cfg, tcfg=tcfg
+  )
+
+
+def _baseline(plan, cfg, tcfg):
+  """Per pair: init as ours, the jitted single-pair step and the jitted val loss."""
+  step = jax.jit(functools.partial(pair_step, cfg=cfg, tcfg=tcfg))
   vloss = jax.jit(lambda p, x, y: mlp.pair_val_loss(p, x, y, cfg, tcfg.batch_size))
-  state0 = mlp.init_state(plan, cfg, tcfg)
+  return mlp.init_state(plan, cfg, tcfg), step, vloss
+
+
+def _baseline_run(plan, train, val, tcfg, prepared):
+  """`steps` calls of the single-pair step per pair, then its val loss."""
+  state0, step, vloss = prepared
   out = np.zeros(len(plan.pairs))
-  return state0, step, vloss, out
-
-
-def _baseline_run(plan, train, val, cfg, tcfg, prepared):
-  state0, step, vloss, out = prepared
   for g, gs in zip(plan.groups, state0["groups"]):
     xs, ys = train[plan.stack_of(g.d_in)], train[plan.stack_of(g.d_out)]
     xv, yv = val[plan.stack_of(g.d_in)], val[plan.stack_of(g.d_out)]
@@ -92,7 +98,8 @@ def _baseline_run(plan, train, val, cfg, tcfg, prepared):
 
 
 def _warm(plan, train, val, prepared):
-  state0, step, vloss, _ = prepared
+  """Compiles the baseline's step and val loss once per group shape."""
+  state0, step, vloss = prepared
   for g, gs in zip(plan.groups, state0["groups"]):
     xs, ys = train[plan.stack_of(g.d_in)], train[plan.stack_of(g.d_out)]
     params, opt = jax.tree.map(lambda a: a[0], (gs["params"], gs["opt"]))
@@ -120,7 +127,6 @@ def _ours(plan, train, val, cfg, tcfg):
 def main(argv):
   del argv
   q = FLAGS.quick
-  FLAGS.layout = FLAGS.layout or "group"
   dims = [
       int(d)
       for d in (FLAGS.dims or ([32, 32, 48, 48, 64, 96] if q else [384, 384, 768, 768, 1024, 1536]))
@@ -135,9 +141,9 @@ def main(argv):
       lr=1e-3,
       warmup_steps=min(50, FLAGS.steps // 10),
       eval_every=FLAGS.eval_every,
+      patience=0,  # no early stopping: ours and the baseline both train every step
   )
-  plan = mlp.make_plan(dims, cfg, layout=FLAGS.layout)
-  bplan = mlp.make_plan(dims, cfg)  # the baseline trains each pair at its own shape
+  plan = mlp.make_plan(dims, cfg)
   train = mlp.stack_data([x[:n] for x in xs], plan)
   val = mlp.stack_data([x[n:] for x in xs], plan)
   print(
@@ -149,29 +155,16 @@ def main(argv):
   ours_s, ours, _ = _common.time_median(
       lambda: _ours(plan, train, val, cfg, tcfg), FLAGS.repeats or (3 if q else 1)
   )
-  print(f"ours, layout={FLAGS.layout}: {ours_s:.2f}s", flush=True)
-  rec = {"name": "mlp_all_pairs_quick" if q else "mlp_all_pairs"}
-  other = {"group": "pad", "pad": "group"}[FLAGS.layout]
-  if FLAGS.pad:
-    oplan = mlp.make_plan(dims, cfg, layout=other)
-    otrain = mlp.stack_data([x[:n] for x in xs], oplan)
-    oval = mlp.stack_data([x[n:] for x in xs], oplan)
-    o_s, o_out, _ = _common.time_median(
-        lambda: _ours(oplan, otrain, oval, cfg, tcfg), FLAGS.repeats or (3 if q else 1)
-    )
-    print(f"ours, layout={other}: {o_s:.2f}s", flush=True)
-    rec[f"{other}_s"] = o_s
-    rec[f"{other}_max_abs_diff"] = float(np.max(np.abs(o_out - ours)))
-  btrain = mlp.stack_data([x[:n] for x in xs], bplan)
-  bval = mlp.stack_data([x[n:] for x in xs], bplan)
-  prepared = _baseline(bplan, btrain, bval, cfg, tcfg)
-  _warm(bplan, btrain, bval, prepared)  # compile once per shape, untimed (as ours)
+  print(f"ours: {ours_s:.2f}s", flush=True)
+  prepared = _baseline(plan, cfg, tcfg)
+  _warm(plan, train, val, prepared)  # compile once per shape, untimed (as ours)
   t0 = time.perf_counter()
-  base = _common.block(_baseline_run(bplan, btrain, bval, cfg, tcfg, prepared))
+  base = _common.block(_baseline_run(plan, train, val, tcfg, prepared))
   base_s = time.perf_counter() - t0
   print(f"baseline (per-pair loop of the jitted single-pair step): {base_s:.2f}s", flush=True)
-  rec.update(
+  _common.emit(
       {
+          "name": "mlp_all_pairs_quick" if q else "mlp_all_pairs",
           "ours_s": ours_s,
           "baseline_s": base_s,
           "ratio": base_s / ours_s,
@@ -184,7 +177,6 @@ def main(argv):
           "ours_final_val_loss_mean": float(np.mean(ours)),
       }
   )
-  _common.emit(rec)
 
 
 if __name__ == "__main__":

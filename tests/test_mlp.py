@@ -1,4 +1,4 @@
-"""MLP stitches: planted maps, vmapped = alone, pad = group, early stopping, SIGKILL resume."""
+"""MLP stitches: planted maps, vmapped = alone, early stopping, SIGKILL resume."""
 
 import os
 import pathlib
@@ -15,8 +15,8 @@ CHILD = pathlib.Path(__file__).with_name("_mlp_train_child.py")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _fit(xs, n, cfg, tcfg, pairs=None, layout="group"):
-  plan = mlp.make_plan([x.shape[1] for x in xs], cfg, pairs, layout)
+def _fit(xs, n, cfg, tcfg, pairs=None):
+  plan = mlp.make_plan([x.shape[1] for x in xs], cfg, pairs)
   tr = mlp.stack_data([x[:n] for x in xs], plan)
   va = mlp.stack_data([x[n:] for x in xs], plan)
   return mlp.fit(plan, tr, va, cfg, tcfg), plan, va
@@ -100,13 +100,6 @@ def test_vmapped_equals_each_pair_alone(cfg):
     a = mlp.per_pair(alone, aplan, "params")[0]
     assert mlp_checkpoint.state_max_abs_diff(init[k], together[k]) > 1e-3  # it trained
     assert mlp_checkpoint.state_max_abs_diff(a, together[k]) <= 1e-5, pair
-  # Same for the padded layout (one group, true widths masked).
-  pst, pplan, _ = _fit(xs, 160, cfg, tcfg, layout="pad")
-  assert len(pplan.groups) == 1
-  for k, pair in enumerate(plan.pairs):
-    s, t = pair
-    p = mlp.unpad_params(mlp.per_pair(pst, pplan, "params")[k], xs[s].shape[1], xs[t].shape[1], cfg)
-    assert mlp_checkpoint.state_max_abs_diff(p, together[k]) <= 1e-5, pair
 
 
 def test_early_stopping_masks_updates_inside_the_jit():

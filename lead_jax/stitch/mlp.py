@@ -1,41 +1,39 @@
 """MLP stitches for every ordered pair of models, trained at once in one jitted step.
 
-A stitch maps model A's embedding x ∈ R^{d_A} to model B's space.  ``depth`` counts
-nonlinearities, so a stitch has ``depth + 1`` dense layers:
+A stitch maps model A's embedding x ∈ R^{d_A} to model B's space.  `depth` counts
+nonlinearities, so a stitch has `depth + 1` dense layers:
 
     depth 0:  ŷ = x W + b                                  (affine map trained by GD)
     depth k:  h₀ = x;  h_{l+1} = act(LN?(h_l W_l + b_l)) [+ h_l if residual and l ≥ 1]
               ŷ = h_k W_k + b_k                            (l = 0 … k−1, k ≤ 6)
 
-Hidden width is max(d_A, d_B) unless ``StitchConfig.width`` is set.  The residual
+Hidden width is max(d_A, d_B) unless `StitchConfig.width` is set.  The residual
 connection only joins hidden→hidden layers (the first and last layers change width).
 
-Objectives (per pair, on a minibatch of B rows; ``OBJECTIVES`` is the registry):
+Objectives (per pair, on a minibatch of B rows; `OBJECTIVES` is the registry):
     mse      mean_{n,j} (ŷ_nj − y_nj)²
     cosine   mean_n 1 − cos(ŷ_n, y_n)
     infonce  mean_n [logsumexp_m s_nm − s_nn],  s_nm = cos(ŷ_n, y_m) / τ
              (in-batch negatives, ŷ→y direction; τ fixed or learned as log τ ≥ log 0.01)
 
 Layout: pairs are grouped by (d_in, d_out) (hence the same width); within a group every
-parameter carries a leading pair axis [P, …] and one single-pair step is ``jax.vmap``ped.
-All groups sit in one jitted function, so one call advances every pair.  (Padding every
-pair to the largest dims and masking, ``layout="pad"``, is also implemented and was
-measured slower: see benchmarks/bench_mlp.py.)
-Rows of models that share a dim are stacked once, ``[m_d, N, d]``, and a pair gathers
-its minibatch as ``stack[model, idx]``; no per-pair copy of the data exists.
+parameter carries a leading pair axis [P, …] and one single-pair step is `jax.vmap`ped.
+All groups sit in one jitted function, so one call advances every pair.
+Rows of models that share a dim are stacked once, `[m_d, N, d]`, and a pair gathers
+its minibatch as `stack[model, idx]`; no per-pair copy of the data exists.
 
 Randomness is stateless: pair (s, t) has key fold_in(fold_in(PRNGKey(seed), s), t), its
 init uses fold_in(key, 0) and step i's minibatch fold_in(fold_in(key, 1), i).  A pair
 therefore trains identically alone or with any set of other pairs, and a resumed run
 draws the same batches as an uninterrupted one.
 
-Early stopping is per pair and stays inside the jit: every ``eval_every`` steps the val
-loss is computed; a pair whose val loss has not improved for ``patience`` evaluations is
-marked inactive and its parameter and optimizer updates are masked (``jnp.where``) from
-then on.  ``best_params`` holds each pair's parameters at its best val loss.
+Early stopping is per pair and stays inside the jit: every `eval_every` steps the val
+loss is computed; a pair whose val loss has not improved for `patience` evaluations is
+marked inactive and its parameter and optimizer updates are masked (`jnp.where`) from
+then on.  `best_params` holds each pair's parameters at its best val loss.
 
-Everything here is pure: state is a pytree (see :func:`init_state`), the host loop is
-:func:`fit`; checkpointing lives in :mod:`lead_jax.stitch.mlp_checkpoint`.
+Everything here is pure: state is a pytree (see `init_state`), the host loop is `fit`;
+checkpointing lives in `lead_jax.stitch.mlp_checkpoint`.
 """
 
 from __future__ import annotations
@@ -54,6 +52,7 @@ import pandas as pd
 
 from lead_jax.config import MlpConfig
 from lead_jax.distributed import DATA, PAIRS
+from lead_jax.numerics import l2_normalize
 from lead_jax.similarity import gram as gram_lib
 
 MAX_DEPTH = 6
@@ -120,10 +119,11 @@ class StitchConfig:
 
   @property
   def method(self) -> str:
-    """Name used in the results table, e.g. ``mlp_d2_mse``."""
+    """Name used in the results table, e.g. `mlp_d2_mse`."""
     return f"mlp_d{self.depth}_{self.objective}"
 
   def width_for(self, d_in: int, d_out: int) -> int:
+    """Hidden width of a `d_in` → `d_out` stitch: `width`, or max(d_in, d_out) when unset."""
     return self.width if self.width is not None else max(d_in, d_out)
 
 
@@ -163,6 +163,7 @@ class TrainConfig:
 
   @property
   def n_evals(self) -> int:
+    """Number of evaluations in a full run (the last one at `steps`)."""
     return -(-self.steps // self.eval_every)
 
 
@@ -175,12 +176,11 @@ class Group:
 
   d_in: int
   d_out: int
-  width: int
+  width: int  # hidden width of every stitch in the group
   pairs: tuple[tuple[int, int], ...]  # (source, target) model indices
   src_local: tuple[int, ...]  # row of the source in the d_in stack
   tgt_local: tuple[int, ...]  # row of the target in the d_out stack
   pair_index: tuple[int, ...]  # position of each pair in Plan.pairs
-  true_dims: tuple[tuple[int, int, int], ...] = ()  # per pair (d_in, d_out, width) before padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,35 +189,35 @@ class Plan:
 
   dims: tuple[int, ...]
   pairs: tuple[tuple[int, int], ...]
-  stacks: tuple[tuple[int, tuple[int, ...]], ...]  # (padded dim, member model indices)
+  stacks: tuple[tuple[int, tuple[int, ...]], ...]  # (dim, member model indices)
   groups: tuple[Group, ...]
-  layout: str = "group"
 
   def stack_of(self, d: int) -> int:
+    """Index into `stacks` (and into `stack_data`'s output) of the dim-`d` stack."""
     return [s for s, (dd, _) in enumerate(self.stacks) if dd == d][0]
-
-
-LAYOUTS = ("group", "pad")
 
 
 def make_plan(
     dims: Sequence[int],
     cfg: StitchConfig,
     pairs: Sequence[tuple[int, int]] | None = None,
-    layout: str = "group",
 ) -> Plan:
-  """Lays out the ordered pairs (default: all s ≠ t) for :func:`train_chunk`.
+  """Lays out the ordered pairs for `train_chunk`.
 
-  layout "group": pairs sharing (d_in, d_out) form one vmapped group (no wasted FLOPs,
-  one set of kernels per distinct shape).  layout "pad": every model is zero-padded to
-  the largest dim and every pair to the largest hidden width, one group; padded weights
-  start at zero and get exactly zero gradients (zero inputs, zero outgoing weights),
-  LayerNorm statistics and the MSE mean use the true widths, so a padded pair trains as
-  it would unpadded.  Fewer, larger kernels: faster when per-kernel overhead dominates
-  (small dims), slower when FLOPs do (see benchmarks/bench_mlp.py).
+  Pairs sharing (d_in, d_out) form one vmapped group: no wasted FLOPs, one set of
+  kernels per distinct shape.
+
+  Args:
+    dims: embedding dim of each model, in caller order.
+    cfg: the stitch architecture (it sets each group's hidden width).
+    pairs: (source, target) model indices; default every ordered pair s ≠ t.
+
+  Returns:
+    The static plan (hashable, a jit static).
+
+  Raises:
+    ValueError: a pair index is out of range, or a pair is repeated.
   """
-  if layout not in LAYOUTS:
-    raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
   dims = tuple(int(d) for d in dims)
   m = len(dims)
   if pairs is None:
@@ -229,48 +229,53 @@ def make_plan(
   if len(set(pairs)) != len(pairs):
     raise ValueError(f"duplicate pairs in {pairs}")
   used = sorted({i for p in pairs for i in p})
-  pdims = list(dims) if layout == "group" else [max(dims[i] for i in used)] * m
-  stacks = []
-  for d in sorted({pdims[i] for i in used}):
-    stacks.append((d, tuple(i for i in used if pdims[i] == d)))
+  stacks = tuple(
+      (d, tuple(i for i in used if dims[i] == d)) for d in sorted({dims[i] for i in used})
+  )
   local = {i: members.index(i) for _, members in stacks for i in members}
   keyed: dict[tuple[int, int], list[int]] = {}
   for k, (s, t) in enumerate(pairs):
-    keyed.setdefault((pdims[s], pdims[t]), []).append(k)
-  groups = []
-  for (di, do), ks in sorted(keyed.items()):
-    true = tuple(
-        (dims[pairs[k][0]], dims[pairs[k][1]], cfg.width_for(dims[pairs[k][0]], dims[pairs[k][1]]))
-        for k in ks
-    )
-    width = max(w for _, _, w in true)
-    groups.append(
-        Group(
-            di,
-            do,
-            width,
-            tuple(pairs[k] for k in ks),
-            tuple(local[pairs[k][0]] for k in ks),
-            tuple(local[pairs[k][1]] for k in ks),
-            tuple(ks),
-            true,
-        )
-    )
-  return Plan(dims, pairs, tuple(stacks), tuple(groups), layout)
+    keyed.setdefault((dims[s], dims[t]), []).append(k)
+  groups = tuple(
+      Group(
+          di,
+          do,
+          cfg.width_for(di, do),
+          tuple(pairs[k] for k in ks),
+          tuple(local[pairs[k][0]] for k in ks),
+          tuple(local[pairs[k][1]] for k in ks),
+          tuple(ks),
+      )
+      for (di, do), ks in sorted(keyed.items())
+  )
+  return Plan(dims, pairs, stacks, groups)
 
 
 def stack_data(
     xs: Sequence[jax.typing.ArrayLike], plan: Plan, dtype=jnp.float32
 ) -> tuple[jax.Array, ...]:
-  """Caller-order list of [N, d_i] → one ``[m_d, N, d]`` stack per distinct dim."""
+  """Stacks the rows of models that share a dim, once per distinct dim.
+
+  Args:
+    xs: one [N, d_i] array per model, in `plan.dims` order (rows aligned across models).
+    plan: the plan from `make_plan`.
+    dtype: dtype of the stacks.
+
+  Returns:
+    One `[m_d, N, d]` stack per entry of `plan.stacks`.
+
+  Raises:
+    ValueError: the row counts differ, or an array's shape does not match its dim.
+  """
   n = {int(np.shape(x)[0]) for x in xs}
   if len(n) != 1:
     raise ValueError(f"rows must be aligned across models, got row counts {sorted(n)}")
   for i, x in enumerate(xs):
     if np.ndim(x) != 2 or np.shape(x)[1] != plan.dims[i]:
       raise ValueError(f"xs[{i}]: expected [rows, {plan.dims[i]}], got shape {np.shape(x)}")
-  pad = lambda x, d: jnp.pad(jnp.asarray(x, dtype), ((0, 0), (0, d - np.shape(x)[1])))
-  return tuple(jnp.stack([pad(xs[i], d) for i in members]) for d, members in plan.stacks)
+  return tuple(
+      jnp.stack([jnp.asarray(xs[i], dtype) for i in members]) for _, members in plan.stacks
+  )
 
 
 # ----------------------------------------------------------------------------- one pair
@@ -281,37 +286,33 @@ def _dot(a, b, cfg: StitchConfig):
   return jnp.matmul(a, b, precision=prec)
 
 
-def init_pair(
-    key: jax.Array,
-    d_in: int,
-    d_out: int,
-    cfg: StitchConfig,
-    padded: tuple[int, int, int] | None = None,
-) -> dict:
+def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
   """Parameters of one stitch: LeCun-normal weights (variance 1/fan_in), zero biases.
 
-  ``padded`` = (D_in, D_out, W) embeds the true-shape parameters in zeros of the padded
-  shape (LayerNorm scales too, so padded hidden units stay exactly 0).
+  Args:
+    key: the pair's init key.
+    d_in: source dim.
+    d_out: target dim.
+    cfg: the stitch architecture.
+
+  Returns:
+    {"dense": ({"w", "b"}, …) per layer, "ln": ({"scale", "bias"}, …) per hidden layer
+    when `cfg.layer_norm`, "log_temp" when InfoNCE learns its temperature}.
   """
   w = cfg.width_for(d_in, d_out)
   sizes = [d_in] + [w] * cfg.depth + [d_out]
-  psizes = sizes if padded is None else [padded[0]] + [padded[2]] * cfg.depth + [padded[1]]
-  zpad = lambda a, shape: jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
   keys = jax.random.split(key, len(sizes) - 1)
   dense = tuple(
       {
-          "w": zpad(jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a), (pa, pb)),
-          "b": jnp.zeros((pb,), jnp.float32),
+          "w": jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a),
+          "b": jnp.zeros((b,), jnp.float32),
       }
-      for k, a, b, pa, pb in zip(keys, sizes[:-1], sizes[1:], psizes[:-1], psizes[1:])
+      for k, a, b in zip(keys, sizes[:-1], sizes[1:])
   )
   p: dict[str, Any] = {"dense": dense}
   if cfg.layer_norm and cfg.depth:
     p["ln"] = tuple(
-        {
-            "scale": zpad(jnp.ones((w,), jnp.float32), (psizes[1],)),
-            "bias": jnp.zeros((psizes[1],), jnp.float32),
-        }
+        {"scale": jnp.ones((w,), jnp.float32), "bias": jnp.zeros((w,), jnp.float32)}
         for _ in range(cfg.depth)
     )
   if cfg.objective == "infonce" and cfg.learn_temperature:
@@ -319,41 +320,22 @@ def init_pair(
   return p
 
 
-def unpad_params(params: dict, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
-  """One pair's parameters cut back to their true shapes (inverse of init's padding)."""
-  w = cfg.width_for(d_in, d_out)
-  sizes = [d_in] + [w] * cfg.depth + [d_out]
-  out = {
-      "dense": tuple(
-          {"w": np.asarray(l["w"])[:a, :b], "b": np.asarray(l["b"])[:b]}
-          for l, a, b in zip(params["dense"], sizes[:-1], sizes[1:])
-      )
-  }
-  if "ln" in params:
-    out["ln"] = tuple({k: np.asarray(v)[:w] for k, v in l.items()} for l in params["ln"])
-  if "log_temp" in params:
-    out["log_temp"] = np.asarray(params["log_temp"])
-  return out
+def _layer_norm(h, ln, eps=1e-6):
+  mu = jnp.mean(h, -1, keepdims=True)
+  var = jnp.mean(jnp.square(h - mu), -1, keepdims=True)
+  return (h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]
 
 
-def _layer_norm(h, ln, width, eps=1e-6):
-  """LayerNorm over the first ``width`` units (the rest are padding, kept at 0)."""
-  if width is None:
-    mu = jnp.mean(h, -1, keepdims=True)
-    var = jnp.mean(jnp.square(h - mu), -1, keepdims=True)
-    return (h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]
-  mask = (jnp.arange(h.shape[-1]) < width).astype(h.dtype)
-  mu = jnp.sum(h * mask, -1, keepdims=True) / width
-  var = jnp.sum(jnp.square(h - mu) * mask, -1, keepdims=True) / width
-  return ((h - mu) * jax.lax.rsqrt(var + eps) * ln["scale"] + ln["bias"]) * mask
+def apply_pair(params: dict, x_nd: jax.Array, cfg: StitchConfig) -> jax.Array:
+  """Applies one stitch.
 
+  Args:
+    params: the stitch's parameters (`init_pair`).
+    x_nd: source rows [n, d_in].
+    cfg: the stitch architecture.
 
-def apply_pair(
-    params: dict, x_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None
-) -> jax.Array:
-  """ŷ [n, d_out] from x [n, d_in] for one stitch.
-
-  ``dims`` ({"d_out", "width"} scalars) is given for padded pairs (layout "pad").
+  Returns:
+    Predictions ŷ [n, d_out].
   """
   act = ACTIVATIONS[cfg.activation]
   h = x_nd
@@ -361,66 +343,92 @@ def apply_pair(
   for l in range(cfg.depth):
     z = _dot(h, dense[l]["w"], cfg) + dense[l]["b"]
     if "ln" in params:
-      z = _layer_norm(z, params["ln"][l], None if dims is None else dims["width"])
+      z = _layer_norm(z, params["ln"][l])
     z = act(z)
     h = h + z if (cfg.residual and l >= 1) else z
   return _dot(h, dense[-1]["w"], cfg) + dense[-1]["b"]
 
 
-def _normalize(v, eps=1e-12):
-  return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), eps))
+def _mse(params, yhat, y, cfg):
+  return jnp.mean(jnp.square(yhat - y))
 
 
-def _mse(params, yhat, y, cfg, dims=None):
-  if dims is None:
-    return jnp.mean(jnp.square(yhat - y))
-  return jnp.sum(jnp.square(yhat - y)) / (yhat.shape[0] * dims["d_out"])  # padded dims are 0 − 0
-
-
-def _cosine(params, yhat, y, cfg, dims=None):
-  return jnp.mean(1.0 - jnp.sum(_normalize(yhat) * _normalize(y), -1))
+def _cosine(params, yhat, y, cfg):
+  return jnp.mean(1.0 - jnp.sum(l2_normalize(yhat) * l2_normalize(y), -1))
 
 
 def temperature(params: dict, cfg: StitchConfig) -> jax.Array:
+  """InfoNCE temperature τ: learned (clamped at 0.01) when `params` has one, else fixed.
+
+  Args:
+    params: the stitch's parameters.
+    cfg: the stitch architecture.
+
+  Returns:
+    A float32 scalar.
+  """
   if "log_temp" in params:
     return jnp.exp(jnp.maximum(params["log_temp"], MIN_LOG_TEMP))
   return jnp.asarray(cfg.temperature, jnp.float32)
 
 
-def _infonce(params, yhat, y, cfg, dims=None):
-  logits = _dot(_normalize(yhat), _normalize(y).T, cfg) / temperature(params, cfg)
+def _infonce(params, yhat, y, cfg):
+  logits = _dot(l2_normalize(yhat), l2_normalize(y).T, cfg) / temperature(params, cfg)
   return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits))
 
 
 OBJECTIVES = _registry([("mse", _mse), ("cosine", _cosine), ("infonce", _infonce)])
 
 
-def pair_loss(
-    params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig, dims: dict | None = None
-) -> jax.Array:
-  return OBJECTIVES[cfg.objective](params, apply_pair(params, x_nd, cfg, dims), y_nd, cfg, dims)
+def pair_loss(params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig) -> jax.Array:
+  """The objective `cfg.objective` of one stitch on rows (x, y).
+
+  Args:
+    params: the stitch's parameters.
+    x_nd: source rows [n, d_in].
+    y_nd: target rows [n, d_out].
+    cfg: the stitch architecture and objective.
+
+  Returns:
+    The scalar loss.
+  """
+  return OBJECTIVES[cfg.objective](params, apply_pair(params, x_nd, cfg), y_nd, cfg)
 
 
 def pair_val_loss(
-    params: dict,
-    x_nd: jax.Array,
-    y_nd: jax.Array,
-    cfg: StitchConfig,
-    block: int,
-    dims: dict | None = None,
+    params: dict, x_nd: jax.Array, y_nd: jax.Array, cfg: StitchConfig, block: int
 ) -> jax.Array:
-  """Objective on val rows; InfoNCE in blocks of ``block`` rows (its train-time negatives)."""
+  """The objective on val rows; InfoNCE in blocks of `block` rows (its train-time negatives).
+
+  Args:
+    params: the stitch's parameters.
+    x_nd: source val rows [n, d_in].
+    y_nd: target val rows [n, d_out].
+    cfg: the stitch architecture and objective.
+    block: InfoNCE block size (the minibatch size); the last n mod block rows are left out.
+
+  Returns:
+    The scalar loss (for InfoNCE, the mean over blocks).
+  """
   if cfg.objective != "infonce":
-    return pair_loss(params, x_nd, y_nd, cfg, dims)
+    return pair_loss(params, x_nd, y_nd, cfg)
   n = x_nd.shape[0]
   b = min(block, n)
   k = n // b
   xb = x_nd[: k * b].reshape(k, b, -1)
   yb = y_nd[: k * b].reshape(k, b, -1)
-  return jnp.mean(jax.lax.map(lambda xy: pair_loss(params, xy[0], xy[1], cfg, dims), (xb, yb)))
+  return jnp.mean(jax.lax.map(lambda xy: pair_loss(params, xy[0], xy[1], cfg), (xb, yb)))
 
 
 def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+  """AdamW on a warmup-cosine schedule, decay on weight matrices only, optional clipping.
+
+  Args:
+    tcfg: the optimisation settings.
+
+  Returns:
+    The optax transformation of one pair.
+  """
   sched = optax.warmup_cosine_decay_schedule(
       init_value=0.0 if tcfg.warmup_steps else tcfg.lr,
       peak_value=tcfg.lr,
@@ -440,72 +448,69 @@ def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def pair_key(seed: int, s: int, t: int) -> jax.Array:
-  """Raw uint32 [2] key of pair (s, t)."""
+  """The RNG key of pair (s, t).
+
+  Args:
+    seed: the run's seed.
+    s: source model index.
+    t: target model index.
+
+  Returns:
+    A raw uint32 [2] key.
+  """
   return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), s), t)
 
 
 def batch_indices(key: jax.Array, step: jax.Array, n_rows: int, batch_size: int) -> jax.Array:
-  """Row indices [B] of pair ``key``'s minibatch at ``step`` (with replacement)."""
+  """Row indices of a pair's minibatch at `step` (drawn with replacement).
+
+  Args:
+    key: the pair's key (`pair_key`).
+    step: the step number.
+    n_rows: train rows to draw from.
+    batch_size: rows per minibatch.
+
+  Returns:
+    int32 indices [batch_size].
+  """
   k = jax.random.fold_in(jax.random.fold_in(key, 1), step)
   return jax.random.randint(k, (batch_size,), 0, n_rows)
 
 
-def pair_update(
-    params, opt_state, active, x_bd, y_bd, dims=None, *, cfg: StitchConfig, tcfg: TrainConfig
-):
+def pair_update(params, opt_state, active, x_bd, y_bd, *, cfg: StitchConfig, tcfg: TrainConfig):
   """One AdamW step of one pair on the minibatch (x, y); a no-op (masked) when not active.
 
-  Returns (params, opt_state, minibatch loss before the update).
+  Args:
+    params: the stitch's parameters.
+    opt_state: its optimizer state.
+    active: bool scalar; False (early-stopped) keeps params and opt_state unchanged.
+    x_bd: source minibatch [B, d_in].
+    y_bd: target minibatch [B, d_out].
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings.
+
+  Returns:
+    (params, opt_state, minibatch loss before the update).
   """
-  loss, grads = jax.value_and_grad(pair_loss)(params, x_bd, y_bd, cfg, dims)
+  loss, grads = jax.value_and_grad(pair_loss)(params, x_bd, y_bd, cfg)
   updates, new_opt = make_optimizer(tcfg).update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jnp.where(active, new, old)
   return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), loss
 
 
-def pair_step(
-    params,
-    opt_state,
-    active,
-    key,
-    step,
-    xs_mnd,
-    ys_mnd,
-    src,
-    tgt,
-    dims=None,
-    *,
-    cfg: StitchConfig,
-    tcfg: TrainConfig,
-):
-  """The single-pair step: draw the minibatch of ``step``, then :func:`pair_update`.
-
-  xs_mnd / ys_mnd are the dim stacks holding the source / target rows; src / tgt index
-  them.  The all-pairs chunk computes exactly this, with the minibatch indices of all
-  its steps drawn up front (threefry outside the step loop).
-  """
-  idx = batch_indices(key, step, xs_mnd.shape[1], tcfg.batch_size)
-  return pair_update(
-      params, opt_state, active, xs_mnd[src, idx], ys_mnd[tgt, idx], dims, cfg=cfg, tcfg=tcfg
-  )
-
-
 # ----------------------------------------------------------------------------- all pairs
 
 
-def _group_init(g: Group, seed: int, cfg: StitchConfig, tcfg: TrainConfig, n_evals: int) -> dict:
-  keys = jnp.stack([pair_key(seed, s, t) for s, t in g.pairs])
+def _group_init(g: Group, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  keys = jnp.stack([pair_key(tcfg.seed, s, t) for s, t in g.pairs])
   params = jax.tree.map(
       lambda *a: jnp.stack(a),
-      *[
-          init_pair(jax.random.fold_in(k, 0), di, do, cfg, (g.d_in, g.d_out, g.width))
-          for k, (di, do, _) in zip(keys, g.true_dims)
-      ],
+      *[init_pair(jax.random.fold_in(k, 0), g.d_in, g.d_out, cfg) for k in keys],
   )
   opt = jax.vmap(make_optimizer(tcfg).init)(params)
   p = len(g.pairs)
-  nan = jnp.full((p, n_evals), jnp.nan, jnp.float32)
+  nan = jnp.full((p, tcfg.n_evals), jnp.nan, jnp.float32)
   return {
       "params": params,
       "opt": opt,
@@ -523,12 +528,19 @@ def _group_init(g: Group, seed: int, cfg: StitchConfig, tcfg: TrainConfig, n_eva
 
 
 def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
-  """{"step": int32 [], "groups": tuple over plan.groups of per-group state}.
+  """The initial train state of every pair.
 
-  Per group (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the
-  RNG), best {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals]
-  (mean minibatch loss over each eval window, and val loss at its end; NaN = not yet).
-  With ``mesh`` the pair axes start sharded as :func:`train_chunk` leaves them.
+  Args:
+    plan: the plan from `make_plan`.
+    cfg: the stitch architecture.
+    tcfg: the optimisation settings.
+    mesh: optional mesh; the pair axes then start sharded as `train_chunk` leaves them.
+
+  Returns:
+    {"step": int32 [], "groups": tuple over plan.groups of per-group state}.  Per group
+    (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the RNG), best
+    {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals] (mean
+    minibatch loss over each eval window, and val loss at its end; NaN = not yet).
   """
   return _init_state(plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
 
@@ -538,20 +550,10 @@ def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) 
   return shard_pairs(
       {
           "step": jnp.zeros((), jnp.int32),
-          "groups": tuple(_group_init(g, tcfg.seed, cfg, tcfg, tcfg.n_evals) for g in plan.groups),
+          "groups": tuple(_group_init(g, cfg, tcfg) for g in plan.groups),
       },
       mesh,
   )
-
-
-def group_dims(plan: Plan, g: Group) -> dict | None:
-  """Per-pair true widths [P] for padded layouts; None when nothing is padded."""
-  if plan.layout == "group":
-    return None
-  return {
-      "d_out": jnp.asarray([d for _, d, _ in g.true_dims], jnp.float32),
-      "width": jnp.asarray([w for _, _, w in g.true_dims], jnp.float32),
-  }
 
 
 def _group_arrays(plan: Plan, g: Group, data):
@@ -564,7 +566,15 @@ def _group_arrays(plan: Plan, g: Group, data):
 
 
 def shard_pairs(tree, mesh):
-  """Constrain every leaf's leading pair axis to the mesh's ``pairs`` axis (no-op without a mesh)."""
+  """Constrains every leaf's leading pair axis to the mesh's `pairs` axis.
+
+  Args:
+    tree: a pytree whose non-scalar leaves have a leading pair axis.
+    mesh: a mesh, or None (then `tree` is returned unchanged).
+
+  Returns:
+    `tree` with sharding constraints (inside jit).
+  """
   return jax.tree.map(
       lambda a: gram_lib.constrain(a, mesh, PAIRS, *([None] * (a.ndim - 1))) if a.ndim else a,
       tree,
@@ -581,11 +591,22 @@ def all_pairs_step(
     tcfg: TrainConfig,
     mesh=None,
 ) -> tuple[dict, tuple[jax.Array, ...]]:
-  """One optimisation step of every pair (vmapped per group) on minibatch rows idx [P, B].
+  """One optimisation step of every pair (`pair_update` vmapped per group).
 
-  With a mesh, pairs are sharded over its ``pairs`` axis and each minibatch's rows over
-  ``data`` (the gradient's mean over rows becomes a psum).
-  Returns the new state and per-group minibatch losses [P].
+  With a mesh, pairs are sharded over its `pairs` axis and each minibatch's rows over
+  `data` (the gradient's mean over rows becomes a psum).
+
+  Args:
+    state: the train state (`init_state`).
+    train: the train stacks (`stack_data`).
+    idx: per group, the minibatch row indices [P, B].
+    plan: the plan.
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings.
+    mesh: optional mesh.
+
+  Returns:
+    (the new state, per group the minibatch losses [P]).
   """
   upd = jax.vmap(functools.partial(pair_update, cfg=cfg, tcfg=tcfg))
   groups, losses = [], []
@@ -593,9 +614,7 @@ def all_pairs_step(
     xs, ys, src, tgt = _group_arrays(plan, g, train)
     x = gram_lib.constrain(xs[src[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_in]
     y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_out]
-    params, opt, loss = upd(
-        gs["params"], gs["opt"], gs["best"]["active"], x, y, group_dims(plan, g)
-    )
+    params, opt, loss = upd(gs["params"], gs["opt"], gs["best"]["active"], x, y)
     groups.append({**gs, "params": params, "opt": opt})
     losses.append(loss)
   return {"step": state["step"] + 1, "groups": tuple(groups)}, tuple(losses)
@@ -604,11 +623,23 @@ def all_pairs_step(
 def val_losses(
     params_groups, val: Sequence[jax.Array], *, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig
 ) -> tuple[jax.Array, ...]:
+  """Val loss (`pair_val_loss`) of every pair.
+
+  Args:
+    params_groups: per group, the stacked parameters [P, …].
+    val: the val stacks (`stack_data`).
+    plan: the plan.
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings (its batch size is InfoNCE's val block).
+
+  Returns:
+    Per group, the val losses [P].
+  """
   out = []
   for g, params in zip(plan.groups, params_groups):
     xs, ys, src, tgt = _group_arrays(plan, g, val)
-    f = lambda p, s, t, d: pair_val_loss(p, xs[s], ys[t], cfg, tcfg.batch_size, d)
-    out.append(jax.vmap(f)(params, src, tgt, group_dims(plan, g)))
+    f = lambda p, s, t: pair_val_loss(p, xs[s], ys[t], cfg, tcfg.batch_size)
+    out.append(jax.vmap(f)(params, src, tgt))
   return tuple(out)
 
 
@@ -626,17 +657,29 @@ def train_chunk(
     tcfg: TrainConfig,
     mesh=None,
 ) -> dict:
-  """``n_steps`` steps of every pair, then validation, early stopping and history."""
+  """`n_steps` steps of every pair, then validation, early stopping and history.
+
+  The minibatch indices of all `n_steps` steps are drawn up front (threefry outside the
+  step loop).  The input state is donated.
+
+  Args:
+    state: the train state (`init_state`).
+    train: the train stacks (`stack_data`).
+    val: the val stacks.
+    n_steps: steps in this chunk (`fit` ends each chunk at an evaluation boundary).
+    plan: the plan.
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings.
+    mesh: optional mesh (pairs over `pairs`, minibatch rows over `data`).
+
+  Returns:
+    The state after the chunk and its evaluation.
+  """
   state = shard_pairs(state, mesh)
   zero = tuple(jnp.zeros((len(g.pairs),), jnp.float32) for g in plan.groups)
   # The loop carries only what changes per step (params, opt state); the rest of the
   # state (best params, history, keys, masks) stays out of the while-loop carry.
-  inv = {
-      "step": state["step"],
-      "groups": tuple(
-          {k: v for k, v in gs.items() if k not in ("params", "opt")} for gs in state["groups"]
-      ),
-  }
+  inv = tuple({k: v for k, v in gs.items() if k not in ("params", "opt")} for gs in state["groups"])
 
   n_rows = train[0].shape[1]
   steps = state["step"] + jnp.arange(n_steps, dtype=jnp.int32)
@@ -649,7 +692,7 @@ def train_chunk(
     po, acc = carry
     st = {
         "step": state["step"] + i,
-        "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po)),
+        "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv, po)),
     }
     idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
     st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
@@ -660,7 +703,7 @@ def train_chunk(
   po, acc = jax.lax.fori_loop(0, n_steps, body, (po0, zero))
   state = {
       "step": state["step"] + n_steps,
-      "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv["groups"], po)),
+      "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv, po)),
   }
   step = state["step"]
   e = (step - 1) // tcfg.eval_every
@@ -706,13 +749,24 @@ def fit(
     on_eval: Callable[[dict], None] | None = None,
     mesh=None,
 ) -> dict:
-  """Host loop: chunks of ``eval_every`` steps until ``tcfg.steps``; resumes from ``state``.
+  """Host loop: chunks of `eval_every` steps until `tcfg.steps`; resumes from `state`.
 
-  ``train`` / ``val`` come from :func:`stack_data`.  ``on_eval(state)`` runs after each
-  chunk (checkpointing hooks in here).  The input state is donated.  With ``mesh``
-  (``lead_jax.distributed.make_mesh``) every pair group is sharded over its ``pairs``
-  axis and minibatch rows over ``data``; results equal a one-device run up to float
-  summation order.
+  With `mesh` (`lead_jax.distributed.make_mesh`) every pair group is sharded over its
+  `pairs` axis and minibatch rows over `data`; results equal a one-device run up to
+  float summation order.
+
+  Args:
+    plan: the plan from `make_plan`.
+    train: the train stacks (`stack_data`).
+    val: the val stacks.
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings.
+    state: a state to resume from (donated); default a fresh `init_state`.
+    on_eval: called with the state after each chunk (checkpointing hooks in here).
+    mesh: optional mesh.
+
+  Returns:
+    The final train state.
   """
   if state is None:
     state = init_state(plan, cfg, tcfg, mesh)
@@ -729,8 +783,17 @@ def fit(
 # ----------------------------------------------------------------------------- results
 
 
-def per_pair(state: dict, plan: Plan, key: str) -> list:
-  """A per-group field (e.g. "best_params", ("best", "val")) → list in plan.pairs order."""
+def per_pair(state: dict, plan: Plan, key: str | Sequence[str]) -> list:
+  """A per-group field of the state, split into one entry per pair.
+
+  Args:
+    state: a train state.
+    plan: its plan.
+    key: a field name ("best_params") or a path into the group state (("best", "val")).
+
+  Returns:
+    The field per pair (numpy leaves), in `plan.pairs` order.
+  """
   keys = (key,) if isinstance(key, str) else tuple(key)
   out: list = [None] * len(plan.pairs)
   for g, gs in zip(plan.groups, state["groups"]):
@@ -744,32 +807,47 @@ def per_pair(state: dict, plan: Plan, key: str) -> list:
 
 @functools.partial(jax.jit, static_argnames=("plan", "cfg"))
 def predict_val(params_groups, val, *, plan: Plan, cfg: StitchConfig):
-  """Per group: (ŷ [P, n, d_out], y [P, n, d_out]) on the val rows."""
+  """Predictions of every pair on the val rows.
+
+  Args:
+    params_groups: per group, the stacked parameters [P, …].
+    val: the val stacks (`stack_data`).
+    plan: the plan.
+    cfg: the stitch architecture.
+
+  Returns:
+    Per group, (ŷ [P, n, d_out], y [P, n, d_out]).
+  """
   out = []
   for g, params in zip(plan.groups, params_groups):
     xs, ys, src, tgt = _group_arrays(plan, g, val)
-    f = lambda p, s, t, d: (apply_pair(p, xs[s], cfg, d), ys[t])
-    out.append(jax.vmap(f)(params, src, tgt, group_dims(plan, g)))
+    f = lambda p, s, t: (apply_pair(p, xs[s], cfg), ys[t])
+    out.append(jax.vmap(f)(params, src, tgt))
   return tuple(out)
 
 
 def evaluate(
-    state: dict,
-    plan: Plan,
-    val: tuple[jax.Array, ...],
-    cfg: StitchConfig,
-    which: str = "best_params",
+    state: dict, plan: Plan, val: tuple[jax.Array, ...], cfg: StitchConfig
 ) -> list[dict[str, float]]:
-  """Shared regression metrics (:func:`lead_jax.stitch.metrics.regression_metrics`) per pair."""
+  """Shared regression metrics of every pair at its best (early-stopping) parameters.
+
+  Args:
+    state: a train state.
+    plan: its plan.
+    val: the val stacks (`stack_data`).
+    cfg: the stitch architecture.
+
+  Returns:
+    Per pair, in `plan.pairs` order, `lead_jax.stitch.metrics.regression_metrics` as floats.
+  """
   from lead_jax.stitch import metrics
 
-  preds = predict_val(tuple(gs[which] for gs in state["groups"]), val, plan=plan, cfg=cfg)
+  preds = predict_val(tuple(gs["best_params"] for gs in state["groups"]), val, plan=plan, cfg=cfg)
   out: list = [None] * len(plan.pairs)
   reg = jax.jit(metrics.regression_metrics)
   for g, (yhat, y) in zip(plan.groups, preds):
-    for i, (k, (_, d_out, _)) in enumerate(zip(g.pair_index, g.true_dims)):
-      m = reg(y[i, :, :d_out], yhat[i, :, :d_out])
-      out[k] = {name: float(v) for name, v in m.items()}
+    for i, k in enumerate(g.pair_index):
+      out[k] = {name: float(v) for name, v in reg(y[i], yhat[i]).items()}
   return out
 
 
@@ -781,10 +859,21 @@ def results_to_table(
     names: Sequence[str],
     dataset: str | None = None,
 ) -> pd.DataFrame:
-  """Rows in the shared schema (``metrics.TABLE_COLUMNS``), method ``mlp_d{depth}_{objective}``.
+  """Rows in the shared schema (`metrics.TABLE_COLUMNS`), method `mlp_d{depth}_{objective}`.
 
   Metrics are those of the closed-form rows, at each pair's best (early-stopping) params,
-  plus ``val_loss`` (the objective) and ``best_step``.
+  plus `val_loss` (the objective) and `best_step`.
+
+  Args:
+    state: a train state.
+    plan: its plan.
+    val: the val stacks (`stack_data`).
+    cfg: the stitch architecture and objective.
+    names: model names, in `plan.dims` order.
+    dataset: when given, a leading `dataset` column.
+
+  Returns:
+    The long results table, one row per (pair, metric).
   """
   from lead_jax.stitch import metrics
 
@@ -818,7 +907,17 @@ def results_to_table(
 def curves_to_table(
     state: dict, plan: Plan, tcfg: TrainConfig, names: Sequence[str]
 ) -> pd.DataFrame:
-  """Long table of the loss curves: source, target, step, split (train/val), loss."""
+  """Long table of the loss curves.
+
+  Args:
+    state: a train state.
+    plan: its plan.
+    tcfg: the optimisation settings (they place the evaluations).
+    names: model names, in `plan.dims` order.
+
+  Returns:
+    Columns source, target, step, split (train/val), loss; NaN where not yet evaluated.
+  """
   train = per_pair(state, plan, ("history", "train"))
   val = per_pair(state, plan, ("history", "val"))
   steps = np.minimum((np.arange(tcfg.n_evals) + 1) * tcfg.eval_every, tcfg.steps)
@@ -840,4 +939,13 @@ def curves_to_table(
 
 
 def config_dict(cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  """The run's configuration as JSON-able dicts.
+
+  Args:
+    cfg: the stitch architecture and objective.
+    tcfg: the optimisation settings.
+
+  Returns:
+    {"stitch": fields of `cfg`, "train": fields of `tcfg`}.
+  """
   return {"stitch": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg)}
