@@ -70,6 +70,7 @@ def _three_models():
   return [np.tanh(z @ rng.standard_normal((4, d)).astype(np.float32)) for d in (6, 6, 10)]
 
 
+@pytest.mark.slow  # three configs × every pair trained alone
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -132,6 +133,7 @@ def _child(out, kill_at=None):
   return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a child process killed mid-run, then resumed
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   sys.path.insert(0, str(CHILD.parent))
   import _mlp_train_child as child

@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # 8 forced CPU devices, every engine on three meshes
 def test_sharded_equals_one_device():
   env = dict(
       os.environ,
