@@ -70,8 +70,22 @@ def initialize(
     process_id: int | None = None,
     mode: str = "auto",
 ) -> bool:
-  """Starts jax.distributed if `mode` says so (see the module docstring); returns whether
-  this is a multi-process run. Idempotent. Must run before JAX touches a device."""
+  """Starts jax.distributed if `mode` says so (see the module docstring).
+
+  Idempotent. Must run before JAX touches a device.
+
+  Args:
+    coordinator_address: `HOST:PORT` of process 0; None: `LEAD_JAX_COORDINATOR` or JAX's own.
+    num_processes: the process count; None: `LEAD_JAX_NUM_PROCESSES` or JAX's own.
+    process_id: this process's index; None: `LEAD_JAX_PROCESS_ID` or JAX's own.
+    mode: `auto`, `on` or `off` (see the module docstring).
+
+  Returns:
+    Whether this is a multi-process run.
+
+  Raises:
+    ValueError: `mode` is not one of `MODES`.
+  """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if jax.distributed.is_initialized():
@@ -101,7 +115,19 @@ def initialize(
 
 
 def make_mesh(data: int = -1, pairs: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, pairs) mesh over `devices` (default: all devices of all processes), process-major."""
+  """A (data, pairs) mesh over `devices` (default: all devices of all processes), process-major.
+
+  Args:
+    data: size of the `data` axis; -1: all devices not taken by `pairs`.
+    pairs: size of the `pairs` axis.
+    devices: the devices; None: `jax.devices()`. Sorted by (process index, id).
+
+  Returns:
+    The `Mesh` with axes (`DATA`, `PAIRS`), both `AxisType.Auto`.
+
+  Raises:
+    ValueError: a size is not positive, or data × pairs is not the device count.
+  """
   devices = sorted(
       devices if devices is not None else jax.devices(), key=lambda d: (d.process_index, d.id)
   )
@@ -127,8 +153,16 @@ def make_mesh(data: int = -1, pairs: int = 1, devices: Sequence[Any] | None = No
 
 
 def engine_mesh(data: int = -1, pairs: int = 1) -> Mesh | None:
-  """The mesh the stages pass to the engine: a `(data, pairs)` mesh when there is more than
-  one device, None (plain single-device jit) otherwise."""
+  """The mesh the stages pass to the engine.
+
+  Args:
+    data: size of the `data` axis (-1: the rest), as in `make_mesh`.
+    pairs: size of the `pairs` axis.
+
+  Returns:
+    A `(data, pairs)` mesh when there is more than one device, None (plain single-device
+    jit) otherwise.
+  """
   return make_mesh(data, pairs) if jax.device_count() > 1 else None
 
 
@@ -139,6 +173,13 @@ def engine_inputs(xs: Sequence[np.ndarray], mesh: Mesh | None) -> list:
   processes: global arrays, replicated, so any row count works; inside the jit the engine
   constrains them to the `data` axis, each device then keeps its own rows and the Gram
   blocks are all-reduced across hosts.
+
+  Args:
+    xs: host arrays, all rows of each model.
+    mesh: the engine mesh, or None.
+
+  Returns:
+    A list with `xs` unchanged, or with one replicated global array per input.
   """
   if mesh is None or jax.process_count() == 1:
     return list(xs)
@@ -147,7 +188,11 @@ def engine_inputs(xs: Sequence[np.ndarray], mesh: Mesh | None) -> list:
 
 
 def is_writer() -> bool:
-  """Whether this process writes shared outputs (tables, JSON): process 0 only."""
+  """Whether this process writes shared outputs (tables, JSON): process 0 only.
+
+  Returns:
+    True on process 0.
+  """
   return jax.process_index() == 0
 
 
@@ -169,7 +214,19 @@ def _split(n: int, p: int, parts: int) -> tuple[int, int]:
 def process_rows(
     n_rows: int, process_index: int | None = None, process_count: int | None = None
 ) -> slice:
-  """This process's contiguous, balanced share of rows [0, n_rows)."""
+  """This process's contiguous, balanced share of rows [0, n_rows).
+
+  Args:
+    n_rows: the row count.
+    process_index: the process; None: `jax.process_index()`.
+    process_count: the process count; None: `jax.process_count()`.
+
+  Returns:
+    The rows as a slice; shares differ in length by at most one.
+
+  Raises:
+    ValueError: `process_index` is not in [0, process_count).
+  """
   lo, hi = _split(n_rows, *_who(process_index, process_count))
   return slice(lo, hi)
 
@@ -177,8 +234,20 @@ def process_rows(
 def block_aligned_rows(
     n_rows: int, block_rows: int, process_index: int | None = None, process_count: int | None = None
 ) -> slice:
-  """Like `process_rows`, but whole blocks of `block_rows` (the last block may be short);
-  a process gets an empty range when there are fewer blocks than processes."""
+  """Like `process_rows`, but whole blocks of `block_rows` (the last block may be short).
+
+  Args:
+    n_rows: the row count.
+    block_rows: rows per store block.
+    process_index: the process; None: `jax.process_index()`.
+    process_count: the process count; None: `jax.process_count()`.
+
+  Returns:
+    The rows as a slice; empty for a process when there are fewer blocks than processes.
+
+  Raises:
+    ValueError: `block_rows` is not positive, or `process_index` is not in [0, process_count).
+  """
   if block_rows < 1:
     raise ValueError(f"block_rows must be positive, got {block_rows}")
   lo, hi = _split(-(-n_rows // block_rows), *_who(process_index, process_count))
@@ -188,18 +257,50 @@ def block_aligned_rows(
 def process_pairs(
     pairs: Sequence, process_index: int | None = None, process_count: int | None = None
 ) -> list:
-  """This process's share of `pairs`, round-robin: items p, p + P, p + 2P, … keep their order."""
+  """This process's share of `pairs`, round-robin: items p, p + P, p + 2P, … keep their order.
+
+  Args:
+    pairs: all the work items.
+    process_index: the process p; None: `jax.process_index()`.
+    process_count: the process count P; None: `jax.process_count()`.
+
+  Returns:
+    The items of this process, as a list.
+
+  Raises:
+    ValueError: `process_index` is not in [0, process_count).
+  """
   p, n = _who(process_index, process_count)
   return list(pairs)[p::n]
 
 
 def row_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a 2-D [rows, d] array with rows over the `data` axis.
+
+  Args:
+    mesh: a mesh with a `data` axis.
+
+  Returns:
+    `NamedSharding(mesh, PartitionSpec(DATA, None))`.
+  """
   return NamedSharding(mesh, PartitionSpec(DATA, None))
 
 
 def mesh_rows(mesh: Mesh, n_rows: int) -> slice:
-  """The rows this process holds of an [n_rows, …] array row-sharded over `mesh` (contiguous
-  for meshes from `make_mesh`)."""
+  """The rows this process holds of an [n_rows, …] array row-sharded over `mesh`.
+
+  They are contiguous for meshes from `make_mesh`.
+
+  Args:
+    mesh: a mesh with a `data` axis.
+    n_rows: the global row count.
+
+  Returns:
+    This process's rows as a slice.
+
+  Raises:
+    ValueError: this process's rows are not contiguous.
+  """
   idx = row_sharding(mesh).addressable_devices_indices_map((n_rows, 1)).values()
   starts = [s[0].start or 0 for s in idx]
   stops = [n_rows if s[0].stop is None else s[0].stop for s in idx]
@@ -210,9 +311,20 @@ def mesh_rows(mesh: Mesh, n_rows: int) -> slice:
 
 
 def global_rows(local: np.ndarray, mesh: Mesh, n_rows: int) -> jax.Array:
-  """A global [n_rows, d] array row-sharded over the mesh's `data` axis, from this process's
-  rows `mesh_rows(mesh, n_rows)` (or from all n_rows rows, of which they are taken).
-  n_rows must be a multiple of the data axis size."""
+  """A global [n_rows, d] array row-sharded over the mesh's `data` axis.
+
+  Args:
+    local: this process's rows `mesh_rows(mesh, n_rows)`, or all n_rows rows (of which
+      they are taken).
+    mesh: a mesh with a `data` axis.
+    n_rows: the global row count; a multiple of the data axis size.
+
+  Returns:
+    The global array, sharded by `row_sharding(mesh)`.
+
+  Raises:
+    ValueError: n_rows does not divide over the data axis, or `local` has the wrong row count.
+  """
   if n_rows % mesh.shape[DATA]:
     raise ValueError(f"{n_rows} rows do not divide over data={mesh.shape[DATA]} devices")
   rows = mesh_rows(mesh, n_rows)
@@ -230,7 +342,14 @@ def global_rows(local: np.ndarray, mesh: Mesh, n_rows: int) -> jax.Array:
 
 
 def gather(x: Any) -> Any:
-  """A host (numpy) copy of every array in the pytree `x`, complete on every process."""
+  """A host (numpy) copy of every array in the pytree `x`, complete on every process.
+
+  Args:
+    x: a pytree; non-array leaves are kept as they are.
+
+  Returns:
+    The pytree with every `jax.Array` leaf as a full numpy array.
+  """
 
   def one(a):
     if not isinstance(a, jax.Array):
@@ -245,7 +364,14 @@ def gather(x: Any) -> Any:
 
 
 def barrier(name: str) -> bool:
-  """Waits until every process reaches `name`; returns False (no wait) in a one-process run."""
+  """Waits until every process reaches `name`.
+
+  Args:
+    name: the barrier's name, the same on every process.
+
+  Returns:
+    True after waiting; False (no wait) in a one-process run.
+  """
   if jax.process_count() == 1:
     return False
   from jax.experimental import multihost_utils

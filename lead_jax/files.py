@@ -2,7 +2,7 @@
 
 Every write goes to a temporary name in the same directory and is renamed into place,
 so a reader never sees a half-written file and a killed writer leaves only a
-``.name.tmp-PID`` file behind.
+`.name.tmp-PID` file behind.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ PathLike = str | os.PathLike
 
 
 def atomic_write(path: PathLike, write: Callable[[pathlib.Path], Any]) -> pathlib.Path:
-  """Calls ``write(tmp)`` on a temporary sibling of ``path``, then renames it to ``path``.
+  """Calls `write(tmp)` on a temporary sibling of `path`, then renames it to `path`.
 
   Args:
     path: the final file.
     write: writes the whole file to the path it is given.
 
   Returns:
-    ``path`` as a ``pathlib.Path``.
+    `path` as a `pathlib.Path`.
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,16 @@ def atomic_write(path: PathLike, write: Callable[[pathlib.Path], Any]) -> pathli
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = 1) -> pathlib.Path:
-  """Writes ``obj`` as JSON to ``path`` atomically."""
+  """Writes `obj` as JSON to `path` atomically.
+
+  Args:
+    path: the final file.
+    obj: a JSON-serialisable object.
+    indent: `json.dumps` indent (None for one line).
+
+  Returns:
+    `path` as a `pathlib.Path`.
+  """
   text = json.dumps(obj, indent=indent)
   return atomic_write(path, lambda p: p.write_text(text))
 
@@ -54,11 +63,11 @@ def read_json(path: PathLike, missing_ok: bool = False) -> Any:
     missing_ok: return None for a missing file instead of raising.
 
   Returns:
-    The decoded object (None for a missing file when ``missing_ok``).
+    The decoded object (None for a missing file when `missing_ok`).
 
   Raises:
-    FileNotFoundError: the file does not exist (and not ``missing_ok``).
-    ValueError: the file is not valid JSON; the message is ``path:line: …``.
+    FileNotFoundError: the file does not exist (and not `missing_ok`).
+    ValueError: the file is not valid JSON; the message is `path:line: …`.
   """
   path = pathlib.Path(path)
   try:
@@ -74,7 +83,14 @@ def read_json(path: PathLike, missing_ok: bool = False) -> Any:
 
 
 def sha256_files(paths: Iterable[PathLike]) -> str:
-  """Hex sha256 over the bytes of ``paths``, in order, read in 4 MiB blocks."""
+  """Hex sha256 over the bytes of `paths`, in order, read in 4 MiB blocks.
+
+  Args:
+    paths: the files, hashed as one concatenated stream.
+
+  Returns:
+    The hex digest.
+  """
   h = hashlib.sha256()
   for path in paths:
     with open(path, "rb") as f:
@@ -84,12 +100,26 @@ def sha256_files(paths: Iterable[PathLike]) -> str:
 
 
 def sha256_file(path: PathLike) -> str:
-  """Hex sha256 of one file's bytes."""
+  """Hex sha256 of one file's bytes.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The hex digest.
+  """
   return sha256_files([path])
 
 
 def sha256_arrays(arrays: Iterable[Any]) -> str:
-  """Hex sha256 over arrays' shapes and float32 bytes (identifies a set of parameters)."""
+  """Hex sha256 over arrays' shapes and float32 bytes (identifies a set of parameters).
+
+  Args:
+    arrays: array-likes, each cast to contiguous float32 before hashing.
+
+  Returns:
+    The hex digest.
+  """
   h = hashlib.sha256()
   for a in arrays:
     a = np.ascontiguousarray(np.asarray(a, np.float32))
@@ -99,7 +129,7 @@ def sha256_arrays(arrays: Iterable[Any]) -> str:
 
 
 def save_table(df, directory: PathLike, stem: str) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes a DataFrame as ``<directory>/<stem>.parquet`` and ``.csv``, each atomically.
+  """Writes a DataFrame as `<directory>/<stem>.parquet` and `.csv`, each atomically.
 
   Args:
     df: a pandas DataFrame.
@@ -116,7 +146,14 @@ def save_table(df, directory: PathLike, stem: str) -> tuple[pathlib.Path, pathli
 
 
 def read_table(path: PathLike):
-  """A parquet table as a DataFrame, or None when the file does not exist."""
+  """A parquet table as a DataFrame, or None when the file does not exist.
+
+  Args:
+    path: the parquet file.
+
+  Returns:
+    The pandas DataFrame, or None when `path` does not exist.
+  """
   import pandas as pd
 
   path = pathlib.Path(path)

@@ -10,7 +10,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
-  """``x / max(‖x‖, eps)`` along ``axis``, like ``torch.nn.functional.normalize``.
+  """`x / max(‖x‖, eps)` along `axis`, like `torch.nn.functional.normalize`.
 
   Zero rows stay zero. A numpy input gives a float32 numpy result whose norms are
   summed in float64 (host code: retrieval, translation); a jax input (or a tracer)

@@ -56,6 +56,19 @@ def _pivot(df, rows, cols, value="value"):
 
 
 class Report:
+  """One run's report, built section by section into `<run>/report/`.
+
+  Args:
+    run_dir: a `RunLayout`, or a run directory.
+
+  Attributes:
+    layout: the run layout.
+    run: the run directory.
+    out: the report directory (created).
+    sections: the HTML of each section written so far.
+    summary: the lines of summary.txt.
+    figures: the file names of the figures written.
+  """
 
   def __init__(self, run_dir):
     import matplotlib
@@ -74,6 +87,15 @@ class Report:
 
   # ------------------------------------------------------------------ helpers
   def fig(self, name, fig):
+    """Saves and closes a figure as `<out>/<name>`.
+
+    Args:
+      name: the PNG file name.
+      fig: the matplotlib figure.
+
+    Returns:
+      The `<img>` tag showing it.
+    """
     fig.tight_layout()
     fig.savefig(self.out / name, dpi=110)
     self.plt.close(fig)
@@ -81,20 +103,49 @@ class Report:
     return f'<img src="{name}" alt="{name}">'
 
   def table(self, name, df: pd.DataFrame, show=True) -> str:
+    """Writes a table as `<out>/<name>.csv`.
+
+    Args:
+      name: the CSV file stem.
+      df: the table.
+      show: also return it as HTML.
+
+    Returns:
+      The table's HTML, or "" when not `show`.
+    """
     df.to_csv(self.out / f"{name}.csv", index=False)
     if not show:
       return ""
     return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
 
   def section(self, title, *parts):
+    """Appends a section to the page.
+
+    Args:
+      title: the heading (escaped).
+      *parts: HTML fragments; empty ones are left out.
+    """
     self.sections.append(f"<h2>{html.escape(title)}</h2>\n" + "\n".join(p for p in parts if p))
 
   @staticmethod
   def p(text):
+    """A paragraph of plain text.
+
+    Args:
+      text: the text (escaped).
+
+    Returns:
+      The `<p>` element.
+    """
     return f"<p>{html.escape(text)}</p>"
 
   # ------------------------------------------------------------------ data
   def load(self):
+    """Reads every stage output there is (missing ones stay None).
+
+    Returns:
+      self.
+    """
     lay = self.layout
     cka = lay.similarity / "cka.npz"
     self.cka = dict(np.load(cka, allow_pickle=False)) if cka.exists() else None
@@ -124,6 +175,7 @@ class Report:
 
   # ------------------------------------------------------------------ sections
   def cka_section(self):
+    """The CKA heatmaps, the control comparison and the debiased CKA table."""
     if self.cka is None:
       return self.section("CKA", self.p("No similarity stage output."))
     names = [str(n) for n in self.cka["names"]]
@@ -150,6 +202,7 @@ class Report:
     )
 
   def stitch_section(self):
+    """Questions 1, 3, 4 and 5: mappability, asymmetry, rotations, mean estimators."""
     if self.cf is None:
       return self.section("Stitches", self.p("No closed-form stage output."))
     val, ridge, models = self.val, self.ridge, self.models
@@ -328,6 +381,11 @@ class Report:
       )
 
   def spectra_figure(self):
+    """The singular-value spectra of the saved ridge stitches (control pairs left out).
+
+    Returns:
+      The figure's `<img>` tag, or "" without saved stitches.
+    """
     sj = self.layout.closed_form / "stitches.json"
     if not sj.exists():
       return ""
@@ -348,6 +406,7 @@ class Report:
     return self.fig("spectra.png", f)
 
   def retrieval_section(self):
+    """The nDCG@10 retention heatmap, native retrieval and overlap tables."""
     if self.stitched is None or self.native is None:
       return self.section("Retrieval", self.p("No retrieval stage output."))
     st = self.stitched[self.stitched.method == "ridge"]
@@ -384,6 +443,7 @@ class Report:
     self.section("Does retrieval survive the stitch?", *parts)
 
   def mlp_section(self):
+    """Question 2: the depth curve and the MLP loss curves."""
     if self.mlp is None:
       return self.section("MLP stitches", self.p("No MLP stage output."))
     val = self.mlp[self.mlp.fold == "val"] if "fold" in self.mlp else self.mlp
@@ -447,6 +507,11 @@ class Report:
 
   # ------------------------------------------------------------------ output
   def write(self):
+    """Loads the run, builds every section and writes index.html and summary.txt.
+
+    Returns:
+      The index.html path.
+    """
     self.load()
     for s in (self.cka_section, self.stitch_section, self.mlp_section, self.retrieval_section):
       s()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -176,3 +177,38 @@ def test_checkpoint_round_trip(tmp_path):
 
   assert list(tab.columns) == ["dataset", *metrics.TABLE_COLUMNS]
   assert set(tab["method"]) == {"mlp_d1_infonce"} and len(tab) == 6 * 9
+
+
+def test_saved_mlp_stitches_load_apply_and_export(tmp_path):
+  """A trained run read back as saved stitches (retrieval, translate) and exported."""
+  from lead_jax.pipeline import inspect
+  from lead_jax.stitch import io as stitch_io
+
+  xs = _three_models()
+  cfg = mlp.StitchConfig(depth=1)
+  tcfg = mlp.TrainConfig(steps=20, batch_size=16, eval_every=10, warmup_steps=2)
+  plan = mlp.make_plan([x.shape[1] for x in xs], cfg)
+  tr = mlp.stack_data([x[:160] for x in xs], plan)
+  va = mlp.stack_data([x[160:] for x in xs], plan)
+  st = mlp_checkpoint.fit(tmp_path / "run", plan, tr, va, cfg, tcfg, ["a", "b", "c"])
+  best = mlp.per_pair(st, plan, "best_params")
+  saved = stitch_io.load(tmp_path / "run")
+  assert [(s.source, s.target) for s in saved] == [
+      ("a", "b"),
+      ("a", "c"),
+      ("b", "a"),
+      ("b", "c"),
+      ("c", "a"),
+      ("c", "b"),
+  ]
+  k = plan.pairs.index((2, 0))
+  s = stitch_io.find(saved, "c", "a")
+  x = np.asarray(xs[2][160:], np.float32)
+  want = np.asarray(mlp.apply_pair(jax.tree.map(jnp.asarray, best[k]), jnp.asarray(x), cfg))
+  np.testing.assert_allclose(s.apply(x), want, rtol=1e-6, atol=1e-6)
+  assert s.method == "mlp_d1_mse" and (s.source_dim, s.target_dim) == (x.shape[1], xs[0].shape[1])
+  arrays = inspect.export("mlp", tmp_path / "run", str(tmp_path / "ca.npz"), "c", "a")
+  with np.load(tmp_path / "ca.npz") as z:
+    assert sorted(z.files) == sorted(arrays) and len(arrays) == 4  # two dense layers: w, b each
+    for name, leaf in inspect.flatten(best[k]).items():
+      np.testing.assert_array_equal(z[name], leaf)

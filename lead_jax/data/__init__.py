@@ -13,7 +13,16 @@ KINDS = ("corpus", "query")
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-  """One (dataset, split, kind): row i is `texts[i]`, from document/query `ids[i]`."""
+  """One (dataset, split, kind): row i is `texts[i]`, from document/query `ids[i]`.
+
+  Attributes:
+    dataset: the dataset name.
+    split: the split name (train, val).
+    kind: `corpus` (document chunks) or `query`.
+    ids: per row, the id of the document or query it comes from.
+    texts: per row, the text every model embeds.
+    digest: `rows_digest(texts)`, which the store records.
+  """
 
   dataset: str
   split: str
@@ -33,6 +42,18 @@ def build_rows(
 
   Queries are not chunked: a query is one row, truncated by each model at its own
   max length like any input.
+
+  Args:
+    ds: the dataset.
+    split: the split of `ds` whose documents or queries become rows.
+    kind: `corpus` or `query`.
+    chunk_cfg: the chunker of corpus rows.
+
+  Returns:
+    The `Rows`.
+
+  Raises:
+    ValueError: `kind` is not one of `KINDS`.
   """
   if kind == "corpus":
     chunks = chunk_documents(((d, beir.doc_text(*ds.corpus[d])) for d in split.doc_ids), chunk_cfg)

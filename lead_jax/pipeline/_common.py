@@ -11,7 +11,14 @@ from lead_jax.config import StudyConfig
 
 
 def initialize(cfg: StudyConfig) -> bool:
-  """Starts jax.distributed as `cfg.mesh` says (see `lead_jax.distributed.initialize`)."""
+  """Starts jax.distributed as `cfg.mesh` says (see `lead_jax.distributed.initialize`).
+
+  Args:
+    cfg: the study config; empty / zero / negative `mesh` fields mean "not given".
+
+  Returns:
+    Whether this is a multi-process run.
+  """
   m = cfg.mesh
   return distributed.initialize(
       m.coordinator_address or None,
@@ -22,7 +29,14 @@ def initialize(cfg: StudyConfig) -> bool:
 
 
 def mesh(cfg: StudyConfig):
-  """The engine mesh from `cfg.mesh` with more than one device; None (plain jit) otherwise."""
+  """The engine mesh from `cfg.mesh` with more than one device; None (plain jit) otherwise.
+
+  Args:
+    cfg: the study config.
+
+  Returns:
+    A `(data, pairs)` `Mesh`, or None.
+  """
   return distributed.engine_mesh(cfg.mesh.data, cfg.mesh.pairs)
 
 
@@ -33,15 +47,39 @@ def on_engine(fn, *row_lists, mesh, **kw):
   `engine_inputs` makes them global arrays, the engine shards rows over `data` inside its
   jit, and `gather` brings the (small) result back to every process. Process 0 writes it
   (`distributed.is_writer`).
+
+  Args:
+    fn: the engine function, called as `fn(*inputs, mesh=mesh, **kw)`.
+    *row_lists: lists of host row arrays, one per positional engine argument.
+    mesh: the engine mesh, or None.
+    **kw: further keyword arguments of `fn`.
+
+  Returns:
+    A host (numpy) copy of `fn`'s result, on every process.
   """
   inputs = [distributed.engine_inputs(xs, mesh) for xs in row_lists]
   return distributed.gather(fn(*inputs, mesh=mesh, **kw))
 
 
 def precision(float64: bool):
-  """A context computing in float64 (jax x64 on) when asked, for this stage only."""
+  """A context computing in float64 (jax x64 on) when asked, for this stage only.
+
+  Args:
+    float64: whether to turn x64 on.
+
+  Returns:
+    `jax.enable_x64(True)`, or a null context.
+  """
   return jax.enable_x64(True) if float64 else contextlib.nullcontext()
 
 
 def dtype(float64: bool):
+  """The `dtype` argument of the engine functions.
+
+  Args:
+    float64: whether the stage computes in float64.
+
+  Returns:
+    `"float64"`, or None (the engine's default).
+  """
   return "float64" if float64 else None

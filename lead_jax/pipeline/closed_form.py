@@ -32,6 +32,10 @@ MODEL_META_KEYS = ("hf_id", "weights_digest", "dim", "pooling", "normalize", "ro
 def run(cfg: StudyConfig, layout: RunLayout) -> dict:
   """Fits, validates and saves the closed-form stitches of every ordered pair.
 
+  Args:
+    cfg: the study config (`dataset`, `models`, `control`, `closed_form`, `mesh`).
+    layout: the run layout (the store read, and `closed_form/` written).
+
   Returns:
     `{"out", "rows", "val_r2_at_chosen_lambda": {"a->b": R²}}`.
   """

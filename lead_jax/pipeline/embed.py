@@ -14,6 +14,14 @@ from lead_jax.layout import RunLayout
 
 
 def chunk_config(cfg: StudyConfig) -> data.ChunkConfig:
+  """The corpus chunker of `cfg.data`.
+
+  Args:
+    cfg: the study config.
+
+  Returns:
+    `ChunkConfig(chunk_tokens, chunk_overlap)`.
+  """
   return data.ChunkConfig(cfg.data.chunk_tokens, cfg.data.chunk_overlap)
 
 

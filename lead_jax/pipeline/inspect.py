@@ -15,6 +15,13 @@ from lead_jax.pipeline import embed
 def dataset_stats(cfg: StudyConfig) -> dict:
   """Documents, queries, qrels and chunks of `cfg.dataset`, in total and per split.
 
+  Args:
+    cfg: the study config (`dataset`, `data`).
+
+  Returns:
+    `{"dataset", "path", "qrels_split", "docs", "queries", "qrels", "chunks", "splits":
+    {split: {"docs", "chunks", "queries", "qrels"}}}`.
+
   Raises:
     data.DataError: bad input, naming the file and line.
   """
@@ -40,14 +47,28 @@ def dataset_stats(cfg: StudyConfig) -> dict:
 
 
 def mlp_steps(d: Path) -> list[int]:
-  """The saved steps of an MLP checkpoint directory."""
+  """The saved steps of an MLP checkpoint directory.
+
+  Args:
+    d: the directory.
+
+  Returns:
+    The numbered subdirectories holding a `meta` item, sorted; empty if none.
+  """
   return sorted(
       int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and (p / "meta").exists()
   )
 
 
 def find_runs(root: str | os.PathLike) -> list[tuple[str, Path]]:
-  """Every stitch checkpoint under `root`: `("closed_form" | "mlp", directory)`, sorted."""
+  """Every stitch checkpoint under `root`: `("closed_form" | "mlp", directory)`, sorted.
+
+  Args:
+    root: the directory walked (an MLP run's own subdirectories are not entered).
+
+  Returns:
+    `(kind, directory)` pairs sorted by directory.
+  """
   runs = []
   for d, subdirs, names in os.walk(root):
     d = Path(d)
@@ -60,7 +81,15 @@ def find_runs(root: str | os.PathLike) -> list[tuple[str, Path]]:
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
-  """A nested dict/list of arrays as `{"a.0.w": array}` (0-d scalars stay 0-d)."""
+  """A nested dict/list of arrays as `{"a.0.w": array}` (0-d scalars stay 0-d).
+
+  Args:
+    tree: nested dicts, lists and tuples of array-likes.
+    prefix: prepended to every key (it ends in ".").
+
+  Returns:
+    `{dotted path: numpy copy of the leaf}`.
+  """
   if isinstance(tree, dict):
     return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
   if isinstance(tree, (list, tuple)):
@@ -69,7 +98,16 @@ def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def mlp_pairs(d: Path, step: int | None = None):
-  """(meta, state, plan, cfg, per-pair rows) of an MLP checkpoint directory."""
+  """(meta, state, plan, cfg, per-pair rows) of an MLP checkpoint directory.
+
+  Args:
+    d: the MLP checkpoint directory.
+    step: the saved step; None: the latest.
+
+  Returns:
+    `(meta, state, plan, StitchConfig, rows)`, a row per pair with source, target, d_in,
+    d_out, best_val_loss, best_step, stopped_at, last_val_loss.
+  """
   from lead_jax.stitch import mlp, mlp_checkpoint
 
   state, meta = mlp_checkpoint.restore_any(d, step)
@@ -99,7 +137,17 @@ def mlp_pairs(d: Path, step: int | None = None):
 
 
 def describe(kind: str, d: Path, pairs: bool = False, step: int | None = None) -> str:
-  """A checkpoint's summary line, and with `pairs` its per-pair config and metrics."""
+  """A checkpoint's summary line, and with `pairs` its per-pair config and metrics.
+
+  Args:
+    kind: `"closed_form"` or `"mlp"` (as `find_runs` gives it).
+    d: the checkpoint directory.
+    pairs: add the per-pair tables.
+    step: the MLP step for the per-pair tables; None: the latest.
+
+  Returns:
+    The text, lines joined by newlines.
+  """
   import pandas as pd
 
   if kind == "closed_form":
@@ -135,7 +183,18 @@ def describe(kind: str, d: Path, pairs: bool = False, step: int | None = None) -
 
 
 def export(kind: str, d: Path, path: str, source: str, target: str, step: int | None = None):
-  """Writes one stitch's params to a `.safetensors` or `.npz` file; returns the arrays.
+  """Writes one stitch's params to a `.safetensors` or `.npz` file.
+
+  Args:
+    kind: `"closed_form"` or `"mlp"`.
+    d: the checkpoint directory.
+    path: the output file, ending in `.safetensors` or `.npz`.
+    source: the source model.
+    target: the target model.
+    step: the MLP step; None: the latest.
+
+  Returns:
+    The written arrays, `{dotted name: array}` (see `flatten`).
 
   Raises:
     ValueError: no such pair in the checkpoint, or an unknown file suffix.
@@ -158,9 +217,7 @@ def export(kind: str, d: Path, path: str, source: str, target: str, step: int | 
       k = plan.pairs.index((names.index(source), names.index(target)))
     except ValueError:
       raise ValueError(f"{d}: no stitch {source} → {target}; models {names}") from None
-    s, t = plan.pairs[k]
-    params = mlp.per_pair(state, plan, "best_params")[k]
-    arrays = flatten(mlp.unpad_params(params, plan.dims[s], plan.dims[t], cfg))
+    arrays = flatten(mlp.per_pair(state, plan, "best_params")[k])
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file
 

@@ -25,6 +25,12 @@ from lead_jax.stitch import mlp, mlp_checkpoint
 def with_control(cfg: StudyConfig, train: list, val: list, names: list) -> list | None:
   """Appends the Gaussian control (a source only) to the models; returns the pair list.
 
+  Args:
+    cfg: the study config (`control`).
+    train: the models' train rows; the control's are appended in place.
+    val: the models' val rows; the control's are appended in place.
+    names: the model names; `gram.CONTROL_NAME` is appended in place.
+
   Returns:
     The ordered pairs to train (every model pair, plus control → every model), or None
     (all pairs) when `cfg.control.dim` is 0.
@@ -44,8 +50,15 @@ def with_control(cfg: StudyConfig, train: list, val: list, names: list) -> list 
 def run(cfg: StudyConfig, layout: RunLayout) -> pd.DataFrame:
   """Trains every configured depth for every ordered pair; writes checkpoints and tables.
 
+  Args:
+    cfg: the study config (`dataset`, `models`, `control`, `mlp`, `mesh`).
+    layout: the run layout (the store read, `mlp/` and `mlp_results` written).
+
   Returns:
     The `mlp_results` table.
+
+  Raises:
+    store.StoreError: fewer than two models in the store.
   """
   c = cfg.mlp
   name = data.dataset_name(cfg.dataset)

@@ -41,7 +41,15 @@ from lead_jax.stitch import io as stitch_io
 
 
 class Context:
-  """One split's rows, qrels, arrays and native results, shared by every table."""
+  """One split's rows, qrels, arrays and native results, shared by every table.
+
+  Args:
+    cfg: the study config (`dataset`, `models`, `data`, `retrieval`).
+    layout: the run layout (the store read).
+
+  Raises:
+    store.StoreError: the rebuilt rows do not hash to the store's `rows_digest`.
+  """
 
   def __init__(self, cfg: StudyConfig, layout: RunLayout):
     r = cfg.retrieval
@@ -82,16 +90,40 @@ class Context:
     self.chance = R.mean_metrics(R.random_ranking_metrics(self.qrels), self.qrels)
 
   def retrieve(self, corpus_nd, queries_qd):
-    """(mean metrics, ranked doc ids) of `queries_qd` against a corpus of this split's rows."""
+    """(mean metrics, ranked doc ids) of `queries_qd` against a corpus of this split's rows.
+
+    Args:
+      corpus_nd: [n_rows, d] corpus rows (chunks) of this split.
+      queries_qd: [n_queries, d] queries in the same space.
+
+    Returns:
+      `(metrics, ranked)`: the mean IR metrics, and the ranked doc indices [Q, k].
+    """
     r = self.cfg.retrieval
     corpus = R.prepare_corpus(corpus_nd, self.doc_of_row, block=r.block)
     return R.evaluate(queries_qd, corpus, self.qrels, k=self.k, query_block=r.query_block)
 
   def base(self, **kw) -> dict:
+    """A table row: dataset and split, then `kw`.
+
+    Args:
+      **kw: the row's other columns.
+
+    Returns:
+      `{"dataset", "split", **kw}`.
+    """
     return {"dataset": self.name, "split": self.split, **kw}
 
   def versus_native(self, tgt: str, met: dict) -> dict:
-    """The target's native metrics and the retention of `met` against them."""
+    """The target's native metrics and the retention of `met` against them.
+
+    Args:
+      tgt: the target model.
+      met: mean metrics of a run against the target's queries.
+
+    Returns:
+      `{"native_<metric>", "retention_<metric>"}`.
+    """
     return {
         **{f"native_{k}": v for k, v in self.native[tgt].items()},
         **{f"retention_{k}": v for k, v in R.retention(met, self.native[tgt]).items()},
@@ -99,12 +131,29 @@ class Context:
 
 
 def native_table(ctx: Context) -> pd.DataFrame:
+  """The native table: one row per model, plus the random-ranking row.
+
+  Args:
+    ctx: the split's context.
+
+  Returns:
+    The table, with the split's counts as columns.
+  """
   rows = [ctx.base(model=m, dim=ctx.dims[m], **ctx.native[m]) for m in ctx.models]
   rows.append(ctx.base(model="random_ranking", dim=0, **ctx.chance))
   return pd.DataFrame(rows).assign(**ctx.counts)
 
 
 def overlap_table(ctx: Context) -> pd.DataFrame:
+  """The overlap table: one row per unordered model pair.
+
+  Args:
+    ctx: the split's context.
+
+  Returns:
+    Jaccard@k and RankSim@k of the native top-k, mutual-kNN@k of the corpus rows and its
+    chance k/(n−1).
+  """
   r = ctx.cfg.retrieval
   knn_k = min(r.knn_k, ctx.n_rows - 1)
   ks = [k for k in r.overlap_k if k <= ctx.k]
@@ -140,7 +189,16 @@ def _stitch_inputs(ctx: Context, st: stitch_io.SavedStitch, control_seed: int):
 
 
 def stitched_table(ctx: Context, stitch_dirs) -> tuple[pd.DataFrame, dict]:
-  """Rows per saved stitch plus the train-mean control; and the rows by stitch identity."""
+  """Rows per saved stitch plus the train-mean control; and the rows by stitch identity.
+
+  Args:
+    ctx: the split's context.
+    stitch_dirs: stitch checkpoint directories; unreadable ones are skipped with a warning.
+
+  Returns:
+    `(table, by_key)`: the stitched table joined with the stitch results, and each stitch's
+    row by `(source, target, method, digest)`.
+  """
   rows, by_key = [], {}
   for d in stitch_dirs:
     try:
@@ -222,6 +280,15 @@ def stitched_table(ctx: Context, stitch_dirs) -> tuple[pd.DataFrame, dict]:
 
 
 def translated_table(ctx: Context, by_key: dict) -> pd.DataFrame:
+  """The translated table: retrieval of the arrays the translate stage wrote for this split.
+
+  Args:
+    ctx: the split's context.
+    by_key: the stitched rows by `(source, target, method, digest)`, from `stitched_table`.
+
+  Returns:
+    One row per translated array, with its retention next to the stitched row's.
+  """
   root, rows = ctx.layout.store_root, []
   for m in store.list_models(root, ctx.name, ctx.split, "corpus", include_translated=True):
     meta = store.read_meta(root, ctx.name, ctx.split, "corpus", m)
@@ -255,6 +322,13 @@ def run(cfg: StudyConfig, layout: RunLayout, stitch_dirs=None) -> dict:
     cfg: the study config.
     layout: the run layout; stitches are read from it unless `stitch_dirs` is given.
     stitch_dirs: stitch checkpoint directories; default `layout.stitch_dirs()`.
+
+  Returns:
+    `{"out", counts, "native_ndcg@10", "random_ranking_ndcg@10", "retention_ndcg@10",
+    "translated", "seconds"}`.
+
+  Raises:
+    store.StoreError: the store's rows do not match the config's data settings.
   """
   t0 = time.time()
   ctx = Context(cfg, layout)

@@ -18,6 +18,10 @@ from lead_jax.similarity.gram import CONTROL_NAME
 def run(cfg: StudyConfig, layout: RunLayout) -> dict:
   """Reads `config.cka.split`'s corpus rows, writes `similarity/cka.npz` and the `cka` table.
 
+  Args:
+    cfg: the study config (`dataset`, `models`, `control`, `cka`, `mesh`).
+    layout: the run layout (the store read, and `similarity/` written).
+
   Returns:
     `{"models", "linear", "debiased"}`: names and the matrices rounded to 4 places.
   """

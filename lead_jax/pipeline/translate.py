@@ -34,9 +34,14 @@ def run(cfg: StudyConfig, layout: RunLayout, stop_after_blocks: int | None = Non
     layout: the run layout (the store read, and the default stitch directory).
     stop_after_blocks: stop, unfinished, after this many blocks (tests of resumption).
 
+  Returns:
+    `{"array", "model", "rows", "resumed_from", "dim", "stitch", "method", "lam", "depth",
+    "complete": True}`, or `{"array", "committed_rows", "complete": False}` when stopped.
+
   Raises:
     ValueError: `translate.source` / `target` unset, or the new name is a model's own.
-    store.StoreError, stitch_io.StitchError: the array or the stitch does not fit.
+    store.StoreError: the source array is missing, incomplete or not finite.
+    stitch_io.StitchError: no stitch source→target, or it does not fit the array.
   """
   t = cfg.translate
   if not (t.source and t.target):

@@ -3,12 +3,12 @@
 Everything is in feature space: no N×N kernel is formed.  With X [N, d_x], Y [N, d_y]
 centred by their (own) means and linear kernels K = XXᵀ, L = YYᵀ:
 
-Linear CKA (Kornblith et al. 2019)::
+Linear CKA (Kornblith et al. 2019):
 
     HSIC(K, L) ∝ tr(HKH HLH) = ‖XᵀY‖²_F          (X, Y already centred)
     CKA = ‖XᵀY‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)
 
-Debiased CKA uses the unbiased HSIC estimator of Song et al. (2012)::
+Debiased CKA uses the unbiased HSIC estimator of Song et al. (2012):
 
     HSIC_u = [tr(K̃L̃) + 1ᵀK̃1 · 1ᵀL̃1 / ((n-1)(n-2)) − 2/(n-2) · 1ᵀK̃L̃1] / (n(n-3))
 
@@ -51,18 +51,21 @@ def cka_all_pairs(
   """Linear and debiased CKA between every pair of models.
 
   Args:
-    xs: M arrays ``[N, d_i]`` with aligned rows.
-    control_dim: width of the appended seeded standard-normal control model
-      (``None`` for no control).  With it the outputs are (M+1)×(M+1), control last.
+    xs: M arrays `[N, d_i]` with aligned rows.
+    control_dim: width of the appended seeded standard-normal control model (`None` for no
+      control).  With it the outputs are (M+1)×(M+1), control last.
     seed: seed of the control rows.
     dtype: float32 (default) or float64 (needs x64).
-    mesh: optional mesh (``lead_jax.distributed.make_mesh``): rows are sharded over its
-      ``data`` axis and every Gram block is a psum of per-device partial Grams.  Inputs
+    mesh: optional mesh (`lead_jax.distributed.make_mesh`): rows are sharded over its
+      `data` axis and every Gram block is a psum of per-device partial Grams.  Inputs
       may also arrive row-sharded already (global arrays of a multi-process run).
 
   Returns:
-    dict with ``linear`` and ``debiased`` CKA matrices, ``hsic_u`` (unbiased HSIC) and
-    ``fro2`` (‖X_iᵀX_j‖²_F), all ``[M(+1), M(+1)]`` in caller order.
+    dict with `linear` and `debiased` CKA matrices, `hsic_u` (unbiased HSIC) and
+    `fro2` (‖X_iᵀX_j‖²_F), all `[M(+1), M(+1)]` in caller order.
+
+  Raises:
+    ValueError: no models, a shape mismatch, a non-finite value, or an unusable dtype.
   """
   gram_lib.check_rows(xs, "xs", n_rows=np_rows(xs))
   dtype = gram_lib.compute_dtype(xs, dtype)
@@ -73,6 +76,14 @@ def cka_all_pairs(
 
 
 def np_rows(xs) -> int:
+  """The row count of the first model.
+
+  Args:
+    xs: the models' row arrays.
+
+  Returns:
+    `xs[0].shape[0]` as an int.
+  """
   return int(xs[0].shape[0])
 
 
@@ -91,7 +102,16 @@ def _cka_impl(xs, *, layout: Layout, control_dim, seed, mesh=None):
 def cka_from_centred_groups(
     zs: Sequence[jax.Array], layout: Layout, n: int
 ) -> dict[str, jax.Array]:
-  """CKA from per-group centred rows ``[N, m_g, d_g]`` (traceable; rows may be sharded)."""
+  """CKA from per-group centred rows `[N, m_g, d_g]` (traceable; rows may be sharded).
+
+  Args:
+    zs: per group, the members' rows centred by their own means, `[N, m_g, d_g]`.
+    layout: the grouping of the models.
+    n: the row count N.
+
+  Returns:
+    As `cka_from_stats`, `[M, M]` in caller order.
+  """
   blocks = gram_lib.gram_blocks(zs)
   fro2 = {k: jnp.sum(jnp.square(g), axis=(1, 3)) for k, g in blocks.items()}  # [m_a, m_b]
   fro2 = gram_lib.assemble(fro2, layout)
@@ -101,7 +121,17 @@ def cka_from_centred_groups(
 
 
 def cka_from_stats(fro2: jax.Array, rs: jax.Array, tr: jax.Array, n: int) -> dict[str, jax.Array]:
-  """CKA from ‖C_ij‖²_F, rᵢᵀrⱼ and tr(C_ii) (centred data, n rows)."""
+  """CKA from ‖C_ij‖²_F, rᵢᵀrⱼ and tr(C_ii) (centred data, n rows).
+
+  Args:
+    fro2: [M, M] squared Frobenius norms ‖X_iᵀX_j‖²_F of the cross-Gram blocks.
+    rs: [M, M] dots rᵢᵀrⱼ of the row-norm vectors r_i[n] = ‖x_in‖².
+    tr: [M] traces tr(X_iᵀX_i) = Σ_n r_i[n].
+    n: the row count.
+
+  Returns:
+    `{"linear", "debiased", "hsic_u", "fro2"}`, each [M, M].
+  """
   lin = fro2 / jnp.sqrt(jnp.outer(jnp.diag(fro2), jnp.diag(fro2)))
   hsic_u = (fro2 - rs + jnp.outer(tr, tr) / ((n - 1) * (n - 2)) - 2.0 * rs / (n - 2)) / (
       n * (n - 3)

@@ -1,14 +1,14 @@
 """Cross-Gram blocks: the single pass over rows that CKA and every stitch derive from.
 
-Models are given as a list of arrays ``x_i [N, d_i]`` whose rows are aligned (row n
+Models are given as a list of arrays `x_i [N, d_i]` whose rows are aligned (row n
 is the same text for every model).  Models with the same width are stacked into a
-*group* ``z_g [N, m_g, d_g]`` so that every later computation has a real pair axis
-(``[m_a, m_b, ...]`` for a group pair) that can be vmapped or sharded.  Groups are
-ordered by width; :class:`Layout` remembers the permutation back to the caller's order.
+*group* `z_g [N, m_g, d_g]` so that every later computation has a real pair axis
+(`[m_a, m_b, ...]` for a group pair) that can be vmapped or sharded.  Groups are
+ordered by width; `Layout` remembers the permutation back to the caller's order.
 
-The Gram block of group pair (a, b) is ``G_ab[i, p, j, q] = Σ_n z_a[n, i, p] z_b[n, j, q]``,
-i.e. ``C_ij = X_iᵀ X_j`` for every member i of a and j of b.  It is a contraction over
-the row axis, so a row-sharded input gives a psum over row blocks under ``jit``.
+The Gram block of group pair (a, b) is `G_ab[i, p, j, q] = Σ_n z_a[n, i, p] z_b[n, j, q]`,
+i.e. `C_ij = X_iᵀ X_j` for every member i of a and j of b.  It is a contraction over
+the row axis, so a row-sharded input gives a psum over row blocks under `jit`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ ein = functools.partial(jnp.einsum, precision=HIGHEST)
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """Static grouping of models by width (hashable, so it can be a jit static arg)."""
+  """Static grouping of models by width (hashable, so it can be a jit static arg).
+
+  Attributes:
+    dims: the models' widths, in caller order.
+    groups: per group, in increasing width, (width, member indices in caller order).
+  """
 
   dims: tuple[int, ...]  # caller order
   groups: tuple[tuple[int, tuple[int, ...]], ...]  # (width, member indices in caller order)
 
   @property
   def n_models(self) -> int:
+    """The number of models M."""
     return len(self.dims)
 
   @property
@@ -47,13 +53,21 @@ class Layout:
 
   @property
   def inverse(self) -> np.ndarray:
-    """inverse[u] = position of caller index u in group order."""
+    """inverse[u] = position of caller index u in group order (int32 [M])."""
     inv = np.empty(self.n_models, dtype=np.int32)
     inv[list(self.order)] = np.arange(self.n_models)
     return inv
 
 
 def make_layout(dims: Sequence[int]) -> Layout:
+  """Groups models of the same width, groups ordered by width.
+
+  Args:
+    dims: the models' widths, in caller order.
+
+  Returns:
+    The `Layout`.
+  """
   dims = tuple(int(d) for d in dims)
   widths = sorted(set(dims))
   groups = tuple((w, tuple(i for i, d in enumerate(dims) if d == w)) for w in widths)
@@ -61,7 +75,16 @@ def make_layout(dims: Sequence[int]) -> Layout:
 
 
 def to_caller_order(grouped: jax.Array, layout: Layout, axes: int = 2) -> jax.Array:
-  """Permute the leading ``axes`` model axes from group order back to caller order."""
+  """Permute the leading `axes` model axes from group order back to caller order.
+
+  Args:
+    grouped: an array whose leading `axes` axes are [M] in group order.
+    layout: the grouping.
+    axes: how many leading axes to permute.
+
+  Returns:
+    The array with those axes in caller order.
+  """
   inv = jnp.asarray(layout.inverse)
   for ax in range(axes):
     grouped = jnp.take(grouped, inv, axis=ax)
@@ -69,19 +92,46 @@ def to_caller_order(grouped: jax.Array, layout: Layout, axes: int = 2) -> jax.Ar
 
 
 def assemble(blocks: dict[tuple[int, int], jax.Array], layout: Layout) -> jax.Array:
-  """Group-pair blocks ``[m_a, m_b, ...]`` → one ``[M, M, ...]`` array in caller order."""
+  """Group-pair blocks `[m_a, m_b, ...]` → one `[M, M, ...]` array in caller order.
+
+  Args:
+    blocks: `{(a, b): [m_a, m_b, ...]}` for every group pair.
+    layout: the grouping.
+
+  Returns:
+    The `[M, M, ...]` array.
+  """
   n = len(layout.groups)
   rows = [jnp.concatenate([blocks[a, b] for b in range(n)], axis=1) for a in range(n)]
   return to_caller_order(jnp.concatenate(rows, axis=0), layout)
 
 
 def assemble_vec(blocks: Sequence[jax.Array], layout: Layout) -> jax.Array:
-  """Per-group ``[m_g, ...]`` → ``[M, ...]`` in caller order."""
+  """Per-group `[m_g, ...]` → `[M, ...]` in caller order.
+
+  Args:
+    blocks: per group, in group order, `[m_g, ...]`.
+    layout: the grouping.
+
+  Returns:
+    The `[M, ...]` array.
+  """
   return to_caller_order(jnp.concatenate(list(blocks), axis=0), layout, axes=1)
 
 
 def compute_dtype(xs: Sequence[jax.typing.ArrayLike], dtype=None) -> jnp.dtype:
-  """float32 unless float64 is asked for (or given) and x64 is on."""
+  """float32 unless float64 is asked for (or given) and x64 is on.
+
+  Args:
+    xs: the inputs; with `dtype` None their result type (at least float32) is used.
+    dtype: the dtype asked for, or None.
+
+  Returns:
+    `float32` or `float64`.
+
+  Raises:
+    ValueError: float64 asked for without x64, or a dtype other than float32/float64.
+  """
   if dtype is None:
     dtype = jnp.promote_types(jnp.result_type(*xs), jnp.float32)
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
@@ -100,7 +150,17 @@ def check_rows(
     n_rows: int | None = None,
     dims: Sequence[int] | None = None,
 ) -> None:
-  """Raise naming the array (and row) for shape mismatches or non-finite values."""
+  """Raise naming the array (and row) for shape mismatches or non-finite values.
+
+  Args:
+    xs: the models' row arrays.
+    what: the name used in messages (`what[i]`).
+    n_rows: the row count every array must have, or None.
+    dims: per array, the width it must have, or None.
+
+  Raises:
+    ValueError: no arrays, one not 2-D, a row count or width mismatch, or a non-finite value.
+  """
   if len(xs) == 0:
     raise ValueError(f"{what}: no models given")
   for i, x in enumerate(xs):
@@ -128,7 +188,17 @@ def _first_bad_rows(xs):
 
 
 def gaussian_control(n_rows: int, dim: int, seed: int, dtype) -> jax.Array:
-  """Seeded standard-normal rows: the control 'model' (independent of every text)."""
+  """Seeded standard-normal rows: the control 'model' (independent of every text).
+
+  Args:
+    n_rows: rows.
+    dim: the control's width.
+    seed: the PRNG seed.
+    dtype: the rows' dtype (drawn in float32, then cast).
+
+  Returns:
+    `[n_rows, dim]` rows.
+  """
   return jax.random.normal(jax.random.key(seed), (n_rows, dim), dtype=jnp.float32).astype(dtype)
 
 
@@ -155,17 +225,33 @@ def control_split(
 
 
 def stack_groups(xs: Sequence[jax.Array], layout: Layout) -> list[jax.Array]:
-  """Caller-order list of [N, d_i] → per-group ``[N, m_g, d_g]``."""
+  """Caller-order list of [N, d_i] → per-group `[N, m_g, d_g]`.
+
+  Args:
+    xs: the models' rows, in caller order.
+    layout: the grouping.
+
+  Returns:
+    Per group, in group order, its members' rows stacked on axis 1.
+  """
   return [jnp.stack([xs[i] for i in members], axis=1) for _, members in layout.groups]
 
 
 def gram_blocks(
     zs: Sequence[jax.Array], ws: Sequence[jax.Array] | None = None, *, symmetric: bool = True
 ) -> dict[tuple[int, int], jax.Array]:
-  """All group-pair Gram blocks ``G_ab = Σ_n z_a[n]ᵀ w_b[n]`` as ``[m_a, d_a, m_b, d_b]``.
+  """All group-pair Gram blocks `G_ab = Σ_n z_a[n]ᵀ w_b[n]` as `[m_a, d_a, m_b, d_b]`.
 
-  With ``ws is None`` (``w = z``) only a ≤ b is multiplied; a > b is the transpose,
-  which saves ``Σ_{a<b}`` of the flops of one big ``ZᵀZ``.
+  With `ws is None` (`w = z`) only a ≤ b is multiplied; a > b is the transpose,
+  which saves `Σ_{a<b}` of the flops of one big `ZᵀZ`.
+
+  Args:
+    zs: per group, `[N, m_g, d_g]` rows.
+    ws: per group, the right-hand rows; None: `zs`.
+    symmetric: with `ws` None, compute a ≤ b only and transpose the rest.
+
+  Returns:
+    `{(a, b): [m_a, d_a, m_b, d_b]}` for every group pair.
   """
   n = len(zs)
   out = {}
@@ -192,11 +278,19 @@ def gram_blocks(
 
 
 def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
-  """``with_sharding_constraint(x, P(*spec))`` on ``mesh``; x unchanged without a mesh.
+  """`with_sharding_constraint(x, P(*spec))` on `mesh`; x unchanged without a mesh.
 
   Axis names the mesh lacks (or of size 1) are dropped from the spec, so one code path
   serves a data-only, a pairs-only and a 2-D mesh.  Inside jit, GSPMD pads dimensions
   that do not divide the axis size (e.g. 3 target members over 2 devices).
+
+  Args:
+    x: the array.
+    mesh: the mesh, or None.
+    *spec: per axis of x, a mesh axis name or None.
+
+  Returns:
+    x, constrained.
   """
   if mesh is None:
     return x
@@ -208,7 +302,7 @@ def constrain(x: jax.Array, mesh: Mesh | None, *spec) -> jax.Array:
 
 @functools.cache
 def limit_lapack_threads() -> None:
-  """Give jaxlib's CPU LAPACK (scipy's OpenBLAS) ``$LEAD_JAX_LAPACK_THREADS`` threads (default 1).
+  """Give jaxlib's CPU LAPACK (scipy's OpenBLAS) `$LEAD_JAX_LAPACK_THREADS` threads (default 1).
 
   XLA's CPU runtime runs independent ops of a program at once on its own thread pool, so
   an eigh runs beside the Gram and projection matmuls; OpenBLAS threads inside it then
@@ -237,13 +331,21 @@ def limit_lapack_threads() -> None:
 
 
 def linalg_map(fn, x: jax.Array, n_batch: int):
-  """Apply a LAPACK-backed ``fn`` (eigh, svd) over the ``n_batch`` leading axes of x.
+  """Apply a LAPACK-backed `fn` (eigh, svd) over the `n_batch` leading axes of x.
 
   On CPU a batched LAPACK call in jaxlib 0.10 splits its batch over XLA's intra-op pool
-  and blocks on the pieces (``jax::ParallelBatchMap``); when two such calls run at once
+  and blocks on the pieces (`jax::ParallelBatchMap`); when two such calls run at once
   on a small pool (2 cores here) every pool thread waits on work queued behind it and
-  the program deadlocks.  So on CPU we loop with ``lax.map`` over unbatched calls; on
+  the program deadlocks.  So on CPU we loop with `lax.map` over unbatched calls; on
   accelerators the batched call is kept (cuSOLVER/cuBLAS batched kernels).
+
+  Args:
+    fn: the batched function (e.g. `jnp.linalg.eigh`).
+    x: the input, with `n_batch` leading batch axes.
+    n_batch: how many leading axes are batch axes.
+
+  Returns:
+    `fn`'s output pytree, with the leading batch axes restored.
   """
   lead = x.shape[:n_batch]
   flat = x.reshape((-1,) + x.shape[n_batch:])

@@ -13,7 +13,16 @@ from lead_jax import files
 
 
 def cka_to_table(cka: dict, names: Sequence[str], dataset: str | None = None) -> pd.DataFrame:
-  """Long table of the CKA matrices: one row per (model_a, model_b, kind)."""
+  """Long table of the CKA matrices: one row per (model_a, model_b, kind).
+
+  Args:
+    cka: `{"linear": [M, M], "debiased": [M, M]}`.
+    names: the M model names, in matrix order.
+    dataset: a leading `dataset` column, if given.
+
+  Returns:
+    The DataFrame with columns (dataset,) model_a, model_b, kind, value.
+  """
   frames = []
   for kind in ("linear", "debiased"):
     a = np.asarray(cka[kind], np.float64)
@@ -54,6 +63,13 @@ def save_cka(
 
 
 def load_cka(directory: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
-  """The model names and CKA matrices written by `save_cka`."""
+  """The model names and CKA matrices written by `save_cka`.
+
+  Args:
+    directory: the directory holding `cka.npz`.
+
+  Returns:
+    `(names, {"linear": [M, M], "debiased": [M, M]})`.
+  """
   with np.load(Path(directory) / "cka.npz") as z:
     return [str(n) for n in z["names"]], {k: z[k] for k in ("linear", "debiased")}

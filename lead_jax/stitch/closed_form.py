@@ -2,7 +2,7 @@
 
 Notation (one dataset, one split).  X̃ = X − μ_A and Ỹ = Y − μ_B are the train rows
 centred by their *train* means; C_AA = X̃ᵀX̃, C_AB = X̃ᵀỸ are cross-Gram blocks
-(:mod:`lead_jax.similarity.gram`).  Val rows are centred by the same train means:
+(`lead_jax.similarity.gram`).  Val rows are centred by the same train means:
 x̃ = x − μ_A, ỹ = y − μ_B, with val Grams G_AA = x̃ᵀx̃, G_AB = x̃ᵀỹ, g_B = diag(ỹᵀỹ)
 and column sums s_B = Σ_n ỹ_n.
 
@@ -75,18 +75,46 @@ ROW_METRICS = metrics.ROW_METRICS
 
 
 def member_diag(block: jax.Array) -> jax.Array:
-  """[m, d, m, e] group block → [m, d, e] blocks of each member with itself."""
+  """[m, d, m, e] group block → [m, d, e] blocks of each member with itself.
+
+  Args:
+    block: a group's Gram block with itself, [m, d, m, e].
+
+  Returns:
+    The diagonal blocks, [m, d, e].
+  """
   return jnp.moveaxis(jnp.diagonal(block, axis1=0, axis2=2), -1, 0)
 
 
 def default_rcond(k: int, dtype) -> float:
-  """Relative eigenvalue cutoff for λ = 0: eigenvalues of a Gram computed in `dtype`
-  carry absolute error ~ k·eps·max(s), so smaller ones are noise."""
+  """Relative eigenvalue cutoff for λ = 0.
+
+  Eigenvalues of a Gram computed in `dtype` carry absolute error ~ k·eps·max(s), so
+  smaller ones are noise.
+
+  Args:
+    k: the Gram's size (the number of eigenvalues).
+    dtype: the dtype it was computed in.
+
+  Returns:
+    k·eps(dtype).
+  """
   return float(k * np.finfo(np.dtype(dtype)).eps)
 
 
 def lambda_filter(s: jax.Array, lambdas: jax.Array, rcond: float) -> jax.Array:
-  """f_λ(s) for every λ: s [..., k] → [..., L, k]."""
+  """f_λ(s) for every λ: s [..., k] → [..., L, k].
+
+  f_λ(s) = 1/(s + λ) for λ > 0; f_0(s) = 1/s if s > rcond·max(s) else 0.
+
+  Args:
+    s: eigenvalues [..., k] (negative ones are clipped to 0).
+    lambdas: the λ-path [L].
+    rcond: the relative cutoff for λ = 0.
+
+  Returns:
+    The filter factors [..., L, k].
+  """
   s = jnp.maximum(s, 0.0)
   smax = jnp.max(s, axis=-1, keepdims=True)
   keep = s > rcond * smax
@@ -97,13 +125,29 @@ def lambda_filter(s: jax.Array, lambdas: jax.Array, rcond: float) -> jax.Array:
 
 
 def source_eig(c_aa: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Primal: C_AA [m, d, d] = V diag(s) Vᵀ."""
+  """Primal: C_AA [m, d, d] = V diag(s) Vᵀ.
+
+  Args:
+    c_aa: each member's centred train Gram [m, d, d] (symmetrised here).
+
+  Returns:
+    `(V [m, d, d], s [m, d])`.
+  """
   s, v = gram_lib.linalg_map(jnp.linalg.eigh, 0.5 * (c_aa + jnp.swapaxes(c_aa, -1, -2)), 1)
   return v, s
 
 
 def source_eig_dual(xc: jax.Array, rcond: float) -> tuple[jax.Array, jax.Array]:
-  """Dual (N < d): xc [N, m, d] centred rows; K = X̃X̃ᵀ = U s Uᵀ, V = X̃ᵀ U s^-½."""
+  """Dual (N < d): K = X̃X̃ᵀ = U s Uᵀ, V = X̃ᵀ U s^-½.
+
+  Args:
+    xc: centred train rows [N, m, d].
+    rcond: relative cutoff; eigenvalues at or below rcond·max(s) are dropped (V columns
+      and s set to 0).
+
+  Returns:
+    `(V [m, d, N], s [m, N])`, the nonzero eigenpairs of C_AA.
+  """
   k = ein("nap,lap->anl", xc, xc)
   s, u = gram_lib.linalg_map(jnp.linalg.eigh, 0.5 * (k + jnp.swapaxes(k, -1, -2)), 1)
   s = jnp.maximum(s, 0.0)
@@ -126,6 +170,12 @@ def singular_values(x: jax.Array) -> jax.Array:
 
   Much cheaper than an SVD on CPU; values below ~sqrt(eps)·σ_max lose relative accuracy,
   which is fine for a spectrum plot and for ‖WᵀW − I‖ (it uses σ² directly).
+
+  Args:
+    x: matrices [..., m, n].
+
+  Returns:
+    The min(m, n) singular values [..., min(m, n)], descending.
   """
   g, _ = _gram_small(x)
   ev = gram_lib.linalg_map(jnp.linalg.eigvalsh, g, x.ndim - 2)
@@ -138,6 +188,12 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   Via one eigh of the smaller Gram: if n ≤ m, cᵀc = V Λ Vᵀ and R = c V Λ^-½ Vᵀ; else
   c cᵀ = U Λ Uᵀ and R = U Λ^-½ Uᵀ c.  Directions with Λ ≈ 0 (rank deficiency) are
   dropped, i.e. the zero-padded Procrustes solution restricted to the range of c.
+
+  Args:
+    c: matrices [..., m, n].
+
+  Returns:
+    `(R [..., m, n], Σ [..., min(m, n)])`, Σ descending.
   """
   g, left = _gram_small(c)
   lam, v = gram_lib.linalg_map(jnp.linalg.eigh, g, c.ndim - 2)
@@ -155,10 +211,17 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
 def stats_from_rows(zs_tr, zs_v, mask_v=None, val_gram=True):
   """Train/val sufficient statistics from grouped rows [N, m, d] (one split).
 
-  Returns dict: c (centred train Gram blocks), gv (val Gram blocks centred by train mean;
-  only with ``val_gram``), gdiag (per-group diag of the val Gram, Σ ỹ²), sv (val column
-  sums of ỹ), nv, mu (train means), and the centred train and val rows (for the dual and
-  for the row-projected validation path).
+  Args:
+    zs_tr: per group, the train rows [N_train, m, d].
+    zs_v: per group, the val rows [N_val, m, d].
+    mask_v: [N_val] val row weights; None: all ones.
+    val_gram: also form the val Gram blocks `gv`.
+
+  Returns:
+    `(st, xc, xv)`: the dict st with c (centred train Gram blocks), gv (val Gram blocks
+    centred by train mean; only with `val_gram`), gdiag (per-group diag of the val Gram,
+    Σ ỹ²), sv (val column sums of ỹ), nv, mu (train means); and the centred train and
+    (masked) val rows (for the dual and for the row-projected validation path).
   """
   mu = [jnp.mean(z, axis=0) for z in zs_tr]
   xc = [z - m for z, m in zip(zs_tr, mu)]
@@ -207,7 +270,7 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
   """Val metrics for every pair × λ (+ Procrustes) from Grams; no predictions.
 
   The val terms Q = Vᵀ G_AB and M = Vᵀ G_AA V come from the val Gram blocks, or, when
-  the projected val rows ``proj[a] = x̃_v V [n, m_a, k]`` and centred val rows ``yv`` are
+  the projected val rows `proj[a] = x̃_v V [n, m_a, k]` and centred val rows `yv` are
   given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
   """
   tg = _targets(st, layout)
@@ -277,7 +340,7 @@ def _procrustes(st, a, b, t):
 def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj=None, mesh=None):
   """Row-dependent part at the chosen λ: W, b, MAE/EAV/cosine, W diagnostics.
 
-  Predictions are laid out [m_a, m_b, n, d_b]; with ``proj`` (x̂ = x̃_v V) they are
+  Predictions are laid out [m_a, m_b, n, d_b]; with `proj` (x̂ = x̃_v V) they are
   x̂ (F P), which skips the x̃_v W product's wider contraction when k < d_A.
   """
   out = {}
@@ -393,10 +456,9 @@ def _rcond(layout, dtype, rcond, ks):
   return tuple(float(rcond) if rcond is not None else default_rcond(k, dtype) for k in ks)
 
 
-# ----------------------------------------------------------------------------- single split
-
-
-@functools.partial(
+# Both engines (`_fit_impl`, `_cv_impl`) are jitted with the same static options: the
+# layout and everything that changes the traced program's shape or branches.
+_jit_engine = functools.partial(
     jax.jit,
     static_argnames=(
         "layout",
@@ -409,6 +471,12 @@ def _rcond(layout, dtype, rcond, ks):
         "mesh",
     ),
 )
+
+
+# ----------------------------------------------------------------------------- single split
+
+
+@_jit_engine
 def _fit_impl(
     train,
     val,
@@ -498,27 +566,35 @@ def fit_all_pairs(
   """Ridge λ-path, OLS (λ = 0), Procrustes and controls for every ordered pair.
 
   Args:
-    train, val: M arrays each, ``[N_train, d_i]`` / ``[N_val, d_i]``, rows aligned across
-      models.  May be device-resident and row-sharded (see ``gram.shard_rows``).
+    train: M arrays `[N_train, d_i]`, rows aligned across models.  May be device-resident
+      and row-sharded (see `lead_jax.distributed.global_rows`).
+    val: M arrays `[N_val, d_i]`, likewise.
     lambdas: λ-path (absolute, in units of the centred train Gram X̃ᵀX̃); 0 = min-norm OLS.
     control_dim: width of the seeded Gaussian control model appended as model index M
-      (``None`` to skip).  It is stitched as a source (the random-source control) and as
+      (`None` to skip).  It is stitched as a source (the random-source control) and as
       a target like any other model.
+    seed: seed of the control rows.
     rcond: relative eigenvalue cutoff for λ = 0 (default k·eps(dtype)).
     dtype: float32 (default) or float64 (x64 on).
-    procrustes / spectra / predictions: turn off the Procrustes fits, the singular-value
-      spectra of W, or the row-level metrics (MAE, EAV, cosine) at the chosen λ.
-    mesh: optional ``jax.sharding.Mesh`` with ``data`` and/or ``pairs`` axes
-      (``lead_jax.distributed.make_mesh``): rows are sharded over ``data`` (Gram blocks
-      become psums), per-pair solves and predictions over ``pairs`` (target members).
+    procrustes: fit the Procrustes stitches (False turns them off).
+    spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
+    predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+    mesh: optional `jax.sharding.Mesh` with `data` and/or `pairs` axes
+      (`lead_jax.distributed.make_mesh`): rows are sharded over `data` (Gram blocks
+      become psums), per-pair solves and predictions over `pairs` (target members).
 
-  Returns a pytree (caller model order, M' = M + control):
-    lambdas [L]; ridge[metric] [M', M', L] (source, target, λ; NaN on the diagonal);
-    chosen[...] [M', M'] at the per-pair argmin-val-MSE λ (lambda, lambda_index, the path
-    metrics, mae, eav, cos, bias_norm, target_mean_norm, bias_ratio, orth_dev,
-    orth_dev_min); spectra [M', M', max d] (NaN padded); procrustes[_scaled][metric]
-    [M', M']; controls[train_mean|zero][metric] [M']; stitches: list over group pairs
-    of {W [m_a, m_b, d_a, d_b], b [m_a, m_b, d_b]}; meta (host-side layout info).
+  Returns:
+    A pytree (caller model order, M' = M + control): lambdas [L]; ridge[metric]
+    [M', M', L] (source, target, λ; NaN on the diagonal); chosen[...] [M', M'] at the
+    per-pair argmin-val-MSE λ (lambda, lambda_index, the path metrics, mae, eav, cos,
+    bias_norm, target_mean_norm, bias_ratio, orth_dev, orth_dev_min); spectra
+    [M', M', max d] (NaN padded); procrustes[_scaled][metric] [M', M'];
+    controls[train_mean|zero][metric] [M']; stitches: list over group pairs of
+    {W [m_a, m_b, d_a, d_b], b [m_a, m_b, d_b]}; meta (host-side layout info).
+
+  Raises:
+    ValueError: `val` and `train` differ in model count, a shape mismatch, a non-finite
+      value, an unusable dtype, or a bad λ-path.
   """
   gram_lib.check_rows(train, "train", n_rows=int(np.shape(train[0])[0]))
   dims = [int(np.shape(x)[1]) for x in train]
@@ -546,19 +622,7 @@ def fit_all_pairs(
 # ----------------------------------------------------------------------------- k-fold
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "layout",
-        "control_dim",
-        "seed",
-        "rcond",
-        "procrustes",
-        "spectra",
-        "predictions",
-        "mesh",
-    ),
-)
+@_jit_engine
 def _cv_impl(
     xs,
     idx,
@@ -630,14 +694,33 @@ def cross_validate_all_pairs(
     predictions: bool = True,
     mesh=None,
 ) -> dict:
-  """k-fold CV of every metric of :func:`fit_all_pairs`, from per-fold Grams.
+  """k-fold CV of every metric of `fit_all_pairs`, from per-fold Grams.
 
   One Gram per fold G_f (row pass over the data once); fold f trains on Σ_{g≠f} G_g and
   validates on fold f (no refit from rows).  λ is chosen per pair by the mean over folds
   of val MSE; row metrics are computed per fold at that λ.
 
-  Returns {lambdas, folds: tree with leading [K] axis, mean, std (ddof=1)}, each tree laid
-  out as in :func:`fit_all_pairs` (without stitches), plus meta.
+  Args:
+    xs: M arrays `[N, d_i]`, rows aligned across models.
+    lambdas: λ-path, as in `fit_all_pairs`.
+    n_folds: the number of folds K, in [2, N].
+    fold_seed: seeds the fold assignment.
+    control_dim: width of the Gaussian control model (`None` to skip), as in `fit_all_pairs`.
+    seed: seed of the control rows.
+    rcond: relative eigenvalue cutoff for λ = 0 (default k·eps(dtype)).
+    dtype: float32 (default) or float64 (x64 on).
+    procrustes: fit the Procrustes stitches.
+    spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
+    predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+    mesh: optional mesh, as in `fit_all_pairs`.
+
+  Returns:
+    {lambdas, folds: tree with leading [K] axis, mean, std (ddof=1)}, each tree laid out
+    as in `fit_all_pairs` (without stitches), plus meta (with n_folds).
+
+  Raises:
+    ValueError: a shape mismatch, a non-finite value, an unusable dtype, a bad λ-path, or
+      n_folds not in [2, N].
   """
   n = int(np.shape(xs[0])[0])
   gram_lib.check_rows(xs, "xs", n_rows=n)

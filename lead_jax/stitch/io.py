@@ -32,7 +32,19 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
-  """Unpack the grouped stitches of ``fit_all_pairs`` into per-pair arrays + metadata."""
+  """Unpack the grouped stitches of `fit_all_pairs` into per-pair arrays + metadata.
+
+  Args:
+    results: the host copy of a `fit_all_pairs` result.
+    names: the M model names; None: `model_0`, ….
+
+  Returns:
+    `(tree, info)`: `{pair_SSS_TTT: {W [d_s, d_t], b [d_t], lam}}` and, per pair, its key,
+    source, target, source/target index, source/target dim and λ.
+
+  Raises:
+    ValueError: `names` does not match the model count.
+  """
   names = metrics.model_names(results, names)
   meta = results["meta"]
   lam = np.asarray(results["chosen"]["lambda"])
@@ -63,7 +75,16 @@ def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[
 def save_stitches(
     results: dict, run_dir: str | os.PathLike, names: Sequence[str] | None = None
 ) -> Path:
-  """Orbax checkpoint ``<run_dir>/stitches`` of {pair_SSS_TTT: {W, b, lam}} + stitches.json."""
+  """Orbax checkpoint `<run_dir>/stitches` of {pair_SSS_TTT: {W, b, lam}} + stitches.json.
+
+  Args:
+    results: the host copy of a `fit_all_pairs` result.
+    run_dir: the directory (created if missing); an existing checkpoint is replaced.
+    names: the M model names; None: `model_0`, ….
+
+  Returns:
+    The checkpoint's path, `<run_dir>/stitches`.
+  """
   import orbax.checkpoint as ocp
 
   run_dir = Path(run_dir).absolute()
@@ -78,6 +99,14 @@ def save_stitches(
 
 
 def load_stitches(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
+  """The tree and metadata written by `save_stitches`.
+
+  Args:
+    run_dir: the directory holding `stitches/` and `stitches.json`.
+
+  Returns:
+    `(tree, info)` as `chosen_stitches` gives them.
+  """
   import orbax.checkpoint as ocp
 
   run_dir = Path(run_dir).absolute()
@@ -92,6 +121,24 @@ class StitchError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SavedStitch:
+  """One pair's saved stitch, closed form or MLP.
+
+  Attributes:
+    kind: "closed_form" | "mlp".
+    method: the results-table method: "ridge" | "mlp_d{depth}_{objective}".
+    checkpoint: the absolute checkpoint directory.
+    key: the pair key inside the checkpoint.
+    source: the source model.
+    target: the target model.
+    source_dim: the source width.
+    target_dim: the target width.
+    params: a numpy pytree (W and b, or the MLP's unpadded params).
+    lam: the chosen λ (closed form).
+    depth: the MLP depth.
+    objective: the MLP objective.
+    cfg: the `mlp.StitchConfig` for MLPs.
+  """
+
   kind: str  # "closed_form" | "mlp"
   method: str  # results-table method: "ridge" | "mlp_d{depth}_{objective}"
   checkpoint: str  # absolute directory
@@ -107,7 +154,17 @@ class SavedStitch:
   cfg: Any = None  # mlp.StitchConfig for MLPs
 
   def apply(self, x_nd: jax.typing.ArrayLike) -> np.ndarray:
-    """ŷ [n, target_dim] float32 from x [n, source_dim]."""
+    """ŷ [n, target_dim] float32 from x [n, source_dim].
+
+    Args:
+      x_nd: the source rows [n, source_dim].
+
+    Returns:
+      The predictions, float32 numpy.
+
+    Raises:
+      StitchError: x is not [n, source_dim].
+    """
     x = np.asarray(x_nd, np.float32)
     if x.ndim != 2 or x.shape[1] != self.source_dim:
       raise StitchError(
@@ -122,6 +179,13 @@ class SavedStitch:
     return files.sha256_arrays(jax.tree.leaves(self.params))
 
   def provenance(self) -> dict:
+    """What a translated array's meta records of the stitch.
+
+    Returns:
+      `{"stitch_kind", "stitch_method", "stitch_checkpoint", "stitch_key", "stitch_digest",
+      "source_model", "target_model", "source_dim", "target_dim"}`, plus `lam`
+      (closed form) or `depth`, `objective`, `stitch_config` (MLP).
+    """
     out = {
         "stitch_kind": self.kind,
         "stitch_method": self.method,
@@ -155,6 +219,18 @@ def _apply_jit(st: SavedStitch):
 
 
 def load_closed_form(run_dir: str | os.PathLike) -> list[SavedStitch]:
+  """Every pair's stitch in a closed-form directory.
+
+  Args:
+    run_dir: the directory holding `stitches/` and `stitches.json`.
+
+  Returns:
+    One `SavedStitch` per entry of `stitches.json`, method "ridge".
+
+  Raises:
+    StitchError: no `stitches.json`, the checkpoint cannot be restored, or a pair is
+      missing from it or has a W of the wrong shape.
+  """
   run_dir = Path(run_dir).absolute()
   if not (run_dir / "stitches.json").exists():
     raise StitchError(f"{run_dir}: no stitches.json (not a closed-form stitch directory)")
@@ -193,6 +269,17 @@ def load_closed_form(run_dir: str | os.PathLike) -> list[SavedStitch]:
 
 
 def load_mlp(run_dir: str | os.PathLike) -> list[SavedStitch]:
+  """Every pair's early-stopping best stitch in an MLP checkpoint directory (latest step).
+
+  Args:
+    run_dir: the MLP run directory (an Orbax `CheckpointManager` directory).
+
+  Returns:
+    One `SavedStitch` per trained pair, params unpadded to the pair's widths.
+
+  Raises:
+    StitchError: the checkpoint cannot be restored, or has no saved step.
+  """
   from lead_jax.stitch import mlp, mlp_checkpoint
 
   run_dir = Path(run_dir).absolute()
@@ -205,15 +292,13 @@ def load_mlp(run_dir: str | os.PathLike) -> list[SavedStitch]:
   if state is None:
     raise StitchError(f"{run_dir}: no saved step")
   cfg = mlp.StitchConfig(**meta["stitch"])
-  plan = mlp.make_plan(
-      meta["dims"], cfg, [tuple(p) for p in meta["pairs"]], meta.get("layout", "group")
-  )
+  plan = mlp.make_plan(meta["dims"], cfg, [tuple(p) for p in meta["pairs"]])
   best = mlp.per_pair(state, plan, "best_params")
   names = meta["names"]
   out = []
   for k, (s, t) in enumerate(plan.pairs):
     d_in, d_out = plan.dims[s], plan.dims[t]
-    params = mlp.unpad_params(best[k], d_in, d_out, cfg)
+    params = best[k]
     out.append(
         SavedStitch(
             "mlp",
@@ -234,11 +319,30 @@ def load_mlp(run_dir: str | os.PathLike) -> list[SavedStitch]:
 
 
 def is_closed_form(path: str | os.PathLike) -> bool:
+  """Whether `path` is a closed-form stitch directory.
+
+  Args:
+    path: a checkpoint directory.
+
+  Returns:
+    True when it holds `stitches.json`.
+  """
   return (Path(path) / "stitches.json").exists()
 
 
 def load(path: str | os.PathLike) -> list[SavedStitch]:
-  """Every pair's stitch in one checkpoint directory (closed form or MLP, detected)."""
+  """Every pair's stitch in one checkpoint directory (closed form or MLP, detected).
+
+  Args:
+    path: the checkpoint directory.
+
+  Returns:
+    The `SavedStitch` list.
+
+  Raises:
+    StitchError: no such directory, or it cannot be read (see `load_closed_form`,
+      `load_mlp`).
+  """
   path = Path(path)
   if not path.is_dir():
     raise StitchError(f"{path}: no such stitch checkpoint directory")
@@ -246,6 +350,20 @@ def load(path: str | os.PathLike) -> list[SavedStitch]:
 
 
 def find(stitches: list[SavedStitch], source: str, target: str, *, where: str = "") -> SavedStitch:
+  """The stitch source→target.
+
+  Args:
+    stitches: the stitches of one checkpoint.
+    source: the source model.
+    target: the target model.
+    where: the checkpoint, for the error message.
+
+  Returns:
+    The first stitch of `stitches` from `source` to `target`.
+
+  Raises:
+    StitchError: there is none; the message lists the pairs held.
+  """
   for st in stitches:
     if st.source == source and st.target == target:
       return st
@@ -258,7 +376,19 @@ def find(stitches: list[SavedStitch], source: str, target: str, *, where: str = 
 def check_fits(
     st: SavedStitch, model: str, dim: int, array: str, weights_digest: str | None = None
 ) -> None:
-  """Refuses a stitch whose source model or dim does not match the array it is applied to."""
+  """Refuses a stitch whose source model or dim does not match the array it is applied to.
+
+  Args:
+    st: the stitch.
+    model: the model the array was embedded with.
+    dim: the array's width.
+    array: the array, for messages.
+    weights_digest: the array's weights digest; when given, it must match the one the
+      stitch's `run.json` records for `model` (if any).
+
+  Raises:
+    StitchError: the source model, dim or weights digest differs.
+  """
   if st.source != model:
     raise StitchError(
         f"{st.checkpoint} [{st.key}]: stitch source is {st.source!r}, but {array} holds "

@@ -13,7 +13,7 @@ median med_j; everything per (source, target) pair):
                so any constant predictor scores EAV ≤ 0 and a perfect one scores 1.
   cos        = mean_n cos(ŷ_n, y_n) on raw (uncentred) vectors.
 
-SSE_j for every λ comes from Gram identities (:mod:`lead_jax.stitch.closed_form`); only
+SSE_j for every λ comes from Gram identities (`lead_jax.stitch.closed_form`); only
 MAE, EAV and cos need predictions, and they are computed at the chosen λ only.
 
 Controls per target B (same definitions, same val rows):
@@ -48,7 +48,15 @@ CONST_DIM_RTOL = 1e-8
 
 
 def regression_metrics(y: jax.Array, yhat: jax.Array) -> dict[str, jax.Array]:
-  """All metrics from explicit predictions (y, ŷ [..., n, d]); the plain definition."""
+  """All metrics from explicit predictions (y, ŷ [..., n, d]); the plain definition.
+
+  Args:
+    y: the val rows [..., n, d].
+    yhat: the predictions, same shape.
+
+  Returns:
+    `{metric: [...]}` for `PATH_METRICS` and `ROW_METRICS`.
+  """
   r = y - yhat
   sse_j = jnp.sum(r * r, axis=-2)
   sst_j = jnp.sum(jnp.square(y - jnp.mean(y, axis=-2, keepdims=True)), axis=-2)
@@ -71,6 +79,19 @@ def regression_metrics(y: jax.Array, yhat: jax.Array) -> dict[str, jax.Array]:
 
 
 def sse_summaries(sse_total, sse_w, sst_tot, n_valid, nv, d_b):
+  """The path metrics from summed squared errors.
+
+  Args:
+    sse_total: Σ_j SSE_j.
+    sse_w: Σ_j ω_j SSE_j with ω_j = 1/SST_j (0 for near-constant dims).
+    sst_tot: Σ_j SST_j.
+    n_valid: the number of dims that are not near-constant.
+    nv: the val row count n.
+    d_b: the target width d.
+
+  Returns:
+    `{"mse", "log10_mse", "r2", "r2_vw"}`, broadcast over the inputs' shapes.
+  """
   mse = sse_total / (nv * d_b)
   return {
       "mse": mse,
@@ -87,6 +108,13 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   these shapes (160 ms for 1000×1536), so on a single CPU device the median is a host
   callback to numpy; on accelerators and multi-device meshes (rows may be sharded across
   processes) it is a sort on the devices.  Both give the same exact value.
+
+  Args:
+    y: rows [n, ...].
+    mask: [n] row weights, rows with mask > 0 counted; None: all rows.
+
+  Returns:
+    The median [...], the mean of the two middle values for an even count.
   """
   if mask is None:
     mask = jnp.ones(y.shape[0], y.dtype)
@@ -113,10 +141,20 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 def fold_stats(zs, idx, mask):
   """Per-fold statistics from per-fold Grams, no refit from rows.
 
-  zs: grouped rows [N, m, d] already shifted by the global mean (so fold means are
-  small and ``G − n μμᵀ`` does not cancel badly).  idx/mask [K, n_f]: rows of each fold.
   The train Gram of fold f is Σ_{g≠f} G_g = G_all − G_f; centring by the train mean μ:
+
       C_tr = G_tr − n_tr μμᵀ,   G_v = G_f − S_f μᵀ − μ S_fᵀ + n_f μμᵀ,   s_v = S_f − n_f μ.
+
+  Args:
+    zs: grouped rows [N, m, d] already shifted by the global mean (so fold means are
+      small and `G − n μμᵀ` does not cancel badly).
+    idx: [K, n_f] row indices of each fold (padded).
+    mask: [K, n_f] 1 for a real row of the fold, 0 for padding.
+
+  Returns:
+    The statistics dict of `closed_form.stats_from_rows`, each leaf with a leading [K]
+    axis: c (train Gram blocks centred by the train mean), gv (val Gram blocks centred by
+    it), gdiag, sv, nv, and mu (train means, in the shifted coordinates).
   """
   zf = [z[idx] * mask[..., None, None] for z in zs]  # [K, n_f, m, d]
   n = len(zs)
@@ -148,7 +186,19 @@ def fold_stats(zs, idx, mask):
 
 
 def controls(st, tg, rows_v, mask_v, med, layout):
-  """Train-mean estimator (ŷ = μ_B) and zero predictor (ŷ = 0), per target."""
+  """Train-mean estimator (ŷ = μ_B) and zero predictor (ŷ = 0), per target.
+
+  Args:
+    st: the split's sufficient statistics (`nv`, `mu`, `sv`).
+    tg: per target group, the val quantities (g, w, sst_tot, n_valid) of the closed form.
+    rows_v: per group, the val rows [n, m, d] for the row metrics; None: Gram metrics only.
+    mask_v: [n] val row weights.
+    med: per group, the val medians [m, d] (with `rows_v`).
+    layout: the grouping.
+
+  Returns:
+    Per target group, `{"train_mean": metrics, "zero": metrics}`, each metric [m_b].
+  """
   out = []
   nv = st["nv"]
   for b, (d_b, _) in enumerate(layout.groups):
@@ -182,7 +232,19 @@ def controls(st, tg, rows_v, mask_v, med, layout):
 
 
 def fold_indices(n: int, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Random equal-as-possible folds: idx [K, ceil(n/K)] padded with 0, mask [K, ceil(n/K)]."""
+  """Random equal-as-possible folds: idx [K, ceil(n/K)] padded with 0, mask [K, ceil(n/K)].
+
+  Args:
+    n: the row count.
+    n_folds: the number of folds K.
+    seed: seeds the permutation.
+
+  Returns:
+    `(idx int32, mask float32)`, each [K, ceil(n/K)].
+
+  Raises:
+    ValueError: n_folds is not in [2, n].
+  """
   if not 2 <= n_folds <= n:
     raise ValueError(f"n_folds must be in [2, {n}], got {n_folds}")
   perm = np.random.default_rng(seed).permutation(n)
@@ -213,6 +275,18 @@ TABLE_COLUMNS = (
 
 
 def model_names(results: dict, names: Sequence[str] | None = None) -> list[str]:
+  """The names of the results' models, with the control's last when there is one.
+
+  Args:
+    results: an output of `fit_all_pairs` or `cross_validate_all_pairs` (its `meta`).
+    names: the M model names; None: `model_0`, `model_1`, ….
+
+  Returns:
+    The M or M + 1 names.
+
+  Raises:
+    ValueError: `names` does not have M entries.
+  """
   meta = results["meta"]
   m = meta["n_models"]
   names = list(names) if names is not None else [f"model_{i}" for i in range(m)]
@@ -294,11 +368,22 @@ def results_to_table(
 ) -> pd.DataFrame:
   """One row per (source, target, method, λ, fold, metric).
 
-  Works on the output of ``fit_all_pairs`` (fold = "val") and of
-  ``cross_validate_all_pairs`` (fold = "0".."K-1", "mean", "std").  Ridge rows cover
-  the whole λ-path for the Gram metrics (``chosen`` marks the selected λ); row metrics
+  Works on the output of `fit_all_pairs` (fold = "val") and of
+  `cross_validate_all_pairs` (fold = "0".."K-1", "mean", "std").  Ridge rows cover
+  the whole λ-path for the Gram metrics (`chosen` marks the selected λ); row metrics
   and W diagnostics exist only at the chosen λ.  Controls have method/source
   "train_mean" or "zero"; the random-source control is source "gaussian_control".
+
+  Args:
+    results: the output of `fit_all_pairs` or `cross_validate_all_pairs`.
+    names: the M model names; None: `model_0`, ….
+    dataset: a leading `dataset` column, if given.
+
+  Returns:
+    The DataFrame with `TABLE_COLUMNS` (after `dataset`).
+
+  Raises:
+    ValueError: `names` does not match the model count.
   """
   names = model_names(results, names)
   dims = results["meta"]["dims"]

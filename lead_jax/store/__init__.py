@@ -80,6 +80,14 @@ class StoreError(RuntimeError):
 
 
 def model_key(model: str) -> str:
+  """A model name as one path component.
+
+  Args:
+    model: the model name (e.g. a Hugging Face id with a `/`).
+
+  Returns:
+    The name with every `/` replaced by `__`.
+  """
   return model.replace("/", "__")
 
 
@@ -117,6 +125,14 @@ class _Url:
 
   @classmethod
   def open(cls, root: str) -> _Url:
+    """The root directory of a kvstore URL.
+
+    Args:
+      root: the URL (`gs://bucket/prefix`, `file:///abs/path`, `memory://…`).
+
+    Returns:
+      The `_Url` of the root, its KvStore opened once per URL.
+    """
     base = root.rstrip("/")
     base += (
         "//" if base.endswith(":") else "/"
@@ -130,7 +146,14 @@ class _Url:
     return self.base + self.key
 
   def keys(self, prefix: str = "") -> list[str]:
-    """Keys under this directory starting with `prefix`, relative to it."""
+    """Keys under this directory starting with `prefix`, relative to it.
+
+    Args:
+      prefix: the start of the keys listed.
+
+    Returns:
+      The keys, relative to this directory.
+    """
     import tensorstore as ts
 
     lo = f"{self.key}/{prefix}"
@@ -140,7 +163,11 @@ class _Url:
     ]
 
   def delete(self, prefix: str) -> None:
-    """Deletes every key under this directory starting with `prefix`."""
+    """Deletes every key under this directory starting with `prefix`.
+
+    Args:
+      prefix: the start of the keys deleted.
+    """
     import tensorstore as ts
 
     lo = f"{self.key}/{prefix}"
@@ -163,7 +190,18 @@ def _array_loc(root, dataset: str, split: str, kind: str, model: str) -> pathlib
 def array_dir(
     root: str | os.PathLike, dataset: str, split: str, kind: str, model: str
 ) -> pathlib.Path | str:
-  """The array's directory: a Path for a local root, the array's URL (str) for a URL root."""
+  """The array's directory: a Path for a local root, the array's URL (str) for a URL root.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+
+  Returns:
+    `<root>/<dataset>/<split>/<kind>/<model_key(model)>`.
+  """
   loc = _array_loc(root, dataset, split, kind, model)
   return str(loc) if isinstance(loc, _Url) else loc
 
@@ -247,6 +285,16 @@ def _open_ts(
 
 
 def check_finite(x: np.ndarray, name: str, row_offset: int = 0) -> None:
+  """Refuses rows holding NaN or Inf.
+
+  Args:
+    x: rows [n, dim].
+    name: the array, for the message.
+    row_offset: the global index of x's first row, for the message.
+
+  Raises:
+    StoreError: a row is not finite; the message lists the first five.
+  """
   bad = ~np.isfinite(np.asarray(x, np.float32)).all(axis=1)
   if bad.any():
     rows = np.flatnonzero(bad)[:5] + row_offset
@@ -257,14 +305,31 @@ def check_finite(x: np.ndarray, name: str, row_offset: int = 0) -> None:
 
 
 class Writer:
-  """Appends blocks of rows to one array (this process's rows [start, stop) of it); see the
-  module docstring for the protocol.
+  """Appends blocks of rows to one array (this process's rows [start, stop) of it).
 
-  Usage:
+  See the module docstring for the protocol. Made by `open_writer`:
+
       w = open_writer(root, ds, split, kind, model, n_rows=…, dim=…, meta={…})
       for start in range(w.next_row, w.stop, w.block_rows):
           w.write(start, compute_rows(start, min(start + w.block_rows, w.stop)))
       w.finish()
+
+  Args:
+    path: the array's directory (a Path, or a key under a URL root).
+    meta: the array's meta.json.
+    next_row: the first row of this writer's range not yet committed.
+    array: the open TensorStore array.
+    rows: this writer's range; None: all rows.
+    process_index: this process.
+    process_count: the number of writing processes.
+
+  Attributes:
+    path: the array's directory.
+    meta: the array's meta.json, as last written or read.
+    start: the first row of this writer's range.
+    stop: one past its last row.
+    process_index: this process.
+    process_count: the number of writing processes.
   """
 
   def __init__(
@@ -284,10 +349,12 @@ class Writer:
 
   @property
   def n_rows(self) -> int:
+    """The array's total row count."""
     return self.meta["n_rows"]
 
   @property
   def block_rows(self) -> int:
+    """Rows per block (one zarr chunk)."""
     return self.meta["block_rows"]
 
   @property
@@ -302,10 +369,20 @@ class Writer:
 
   @property
   def complete(self) -> bool:
+    """Whether meta.json says the whole array is committed."""
     return bool(self.meta.get("complete"))
 
   def write(self, start: int, rows: np.ndarray) -> None:
-    """Writes rows [start, start+len(rows)); start must be `next_row`."""
+    """Writes rows [start, start+len(rows)); start must be `next_row`.
+
+    Args:
+      start: the block's first row, `next_row`.
+      rows: the block, [min(block_rows, stop − start), dim].
+
+    Raises:
+      StoreError: the array is complete, the block is not the next one or has the wrong
+        shape, or it holds non-finite values.
+    """
     if self.complete:
       raise StoreError(f"{self.path}: already complete")
     expected = min(self.block_rows, self.stop - self._next)
@@ -333,7 +410,16 @@ class Writer:
   def finish(self, extra_meta: Mapping[str, Any] | None = None) -> None:
     """Marks the array complete; `extra_meta` (run facts, not identity) joins meta.json.
 
-    With several processes every one must call it (see the module docstring)."""
+    With several processes every one must call it (see the module docstring).
+
+    Args:
+      extra_meta: fields added to meta.json; none may be an identity field.
+
+    Raises:
+      StoreError: this writer's range is not fully written, or (with barriers) another
+        process's range is not committed.
+      ValueError: `extra_meta` would change an identity field.
+    """
     if self._next != self.stop:
       raise StoreError(
           f"{self.path}: finish() at {self._next}/{self.n_rows} rows"
@@ -393,6 +479,29 @@ def open_writer(
   prefix, chunker, source, … (never secrets). A partial array written with different
   identity fields is refused unless `overwrite`. With `process_count` > 1 every process
   calls this with the same arguments and gets a writer for its own rows (module docstring).
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+    n_rows: the array's row count.
+    dim: its width.
+    meta: the model's metadata (never secrets).
+    dtype: the stored dtype, one of `DTYPES`.
+    block_rows: rows per block (one zarr chunk); at most n_rows.
+    overwrite: recreate the array even when it exists with other identity fields.
+    process_index: this process.
+    process_count: the number of writing processes.
+
+  Returns:
+    The `Writer` of this process's rows, resuming at its last committed block.
+
+  Raises:
+    ValueError: `dtype` is not one of `DTYPES`, or `process_index` is out of range.
+    StoreError: an empty shape, a partial array with other identity fields, or an
+      inconsistent existing array.
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -492,6 +601,21 @@ def _open_shared(path: pathlib.Path | _Url, full: dict, create: bool, p: int, n:
 
 
 def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
+  """An array's meta.json.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+
+  Returns:
+    The decoded meta.json.
+
+  Raises:
+    StoreError: there is no such array.
+  """
   path = _array_loc(root, dataset, split, kind, model)
   meta = _read_json(path / "meta.json")
   if meta is None:
@@ -502,7 +626,19 @@ def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
 def is_complete(
     root, dataset: str, split: str, kind: str, model: str, rows_digest: str | None = None
 ) -> bool:
-  """Complete, and (when `rows_digest` is given) holding exactly those rows."""
+  """Complete, and (when `rows_digest` is given) holding exactly those rows.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+    rows_digest: the digest the array's rows must have, or None.
+
+  Returns:
+    Whether the array is complete (and holds those rows); False when it does not exist.
+  """
   meta = _read_json(_array_loc(root, dataset, split, kind, model) / "meta.json")
   return bool(
       meta
@@ -519,7 +655,19 @@ def list_models(
     complete_only: bool = True,
     include_translated: bool = False,
 ) -> list[str]:
-  """Models with an array here; translated arrays (experiments/translate_store.py) only on request."""
+  """Models with an array here; translated arrays (experiments/translate_store.py) only on request.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    complete_only: leave out incomplete arrays.
+    include_translated: include arrays written by the translate stage.
+
+  Returns:
+    The model names, in the order of their directories' names.
+  """
   base = _loc(root, dataset, split, kind)
   if isinstance(base, _Url):
     keys = [k for k in base.keys() if k.count("/") == 1 and k.endswith("/meta.json")]
@@ -543,6 +691,16 @@ def open_complete(root, dataset: str, split: str, kind: str, model: str):
   Works for every store root (paths and TensorStore URLs). Read rows with
   `handle[start:stop].read().result()`.
 
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+
+  Returns:
+    `(location, meta, handle)`: the array's directory, its meta.json, and the open array.
+
   Raises:
     StoreError: the array is missing, incomplete, or its shape differs from its meta.
   """
@@ -563,7 +721,23 @@ def open_complete(root, dataset: str, split: str, kind: str, model: str):
 def read_array(
     root, dataset: str, split: str, kind: str, model: str, *, check_alignment: bool = True
 ) -> np.ndarray:
-  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError."""
+  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    model: the model name.
+    check_alignment: refuse the array if another model's array here has other rows.
+
+  Returns:
+    The rows, float32.
+
+  Raises:
+    StoreError: the array is missing or incomplete, its rows differ from another model's,
+      or it holds non-finite values.
+  """
   path, meta, arr = open_complete(root, dataset, split, kind, model)
   if check_alignment:
     for other in list_models(root, dataset, split, kind, include_translated=True):
@@ -584,7 +758,21 @@ def read_array(
 def read_models(
     root, dataset: str, split: str, kind: str, models: list[str] | None = None
 ) -> tuple[list[str], list[np.ndarray]]:
-  """The named models' arrays (default: every complete one), checked and row-aligned."""
+  """The named models' arrays (default: every complete one), checked and row-aligned.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: the dataset name.
+    split: the split.
+    kind: `corpus` or `query`.
+    models: the model names; None or empty: every complete, untranslated array.
+
+  Returns:
+    `(models, arrays)`, the arrays as `read_array` gives them.
+
+  Raises:
+    StoreError: no arrays, or one fails `read_array`'s checks.
+  """
   models = list(models) if models else list_models(root, dataset, split, kind)
   if not models:
     raise StoreError(
@@ -616,6 +804,29 @@ def write_rows(
   embedder); `final_meta()` adds run facts (e.g. truncation counts) at the end.
   With several processes (default: jax's) each embeds its own rows; all must call this,
   and process 0's `final_meta()` is the one recorded.
+
+  Args:
+    embed: the encoder, texts → [len(texts), dim].
+    dim: the encoder's width.
+    rows: the `lead_jax.data.Rows` to embed.
+    root: the store root, a directory or a kvstore URL.
+    model: the model name.
+    prefix: prepended to every text (and recorded in meta).
+    meta: the model's metadata (see `open_writer`).
+    dtype: the stored dtype, one of `DTYPES`.
+    block_rows: rows per block.
+    overwrite: recreate an array with other identity fields.
+    log_every_s: seconds between progress log lines.
+    final_meta: returns run facts added to meta.json at the end.
+    process_index: this process; None: `jax.process_index()`.
+    process_count: the number of processes; None: `jax.process_count()`.
+
+  Returns:
+    The finished `Writer` (or the complete one, when there was nothing to do).
+
+  Raises:
+    StoreError: as `open_writer` and `Writer.write` raise.
+    ValueError: as `open_writer` raises.
   """
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
