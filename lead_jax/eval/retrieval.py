@@ -700,11 +700,7 @@ def rank_similarity_at_k(
 ) -> np.ndarray:
   """Per-query RankSim@k (module docstring) of two ranked lists [Q, ≥k]; 0 when disjoint.
 
-  Args:
-    ids_a: [Q, ≥k] ranked document indices (−1 = empty).
-    ids_b: [Q, ≥k] likewise.
-    k: the cut-off.
-    chunk: queries per vectorised step.
+  Args: as `jaccard_at_k`.
 
   Returns:
     [Q] RankSim@k.

@@ -192,6 +192,8 @@ def array_dir(
 ) -> pathlib.Path | str:
   """The array's directory: a Path for a local root, the array's URL (str) for a URL root.
 
+  Every reader and writer takes this address.
+
   Args:
     root: the store root, a directory or a kvstore URL.
     dataset: the dataset name.
@@ -481,11 +483,7 @@ def open_writer(
   calls this with the same arguments and gets a writer for its own rows (module docstring).
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
-    model: the model name.
+    root, dataset, split, kind, model: the array's address (see `array_dir`).
     n_rows: the array's row count.
     dim: its width.
     meta: the model's metadata (never secrets).
@@ -604,11 +602,7 @@ def read_meta(root, dataset: str, split: str, kind: str, model: str) -> dict:
   """An array's meta.json.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
-    model: the model name.
+    root, dataset, split, kind, model: the array's address (see `array_dir`).
 
   Returns:
     The decoded meta.json.
@@ -629,11 +623,7 @@ def is_complete(
   """Complete, and (when `rows_digest` is given) holding exactly those rows.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
-    model: the model name.
+    root, dataset, split, kind, model: the array's address (see `array_dir`).
     rows_digest: the digest the array's rows must have, or None.
 
   Returns:
@@ -658,10 +648,7 @@ def list_models(
   """Models with an array here; translated arrays (experiments/translate_store.py) only on request.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
+    root, dataset, split, kind: the arrays' address (see `array_dir`).
     complete_only: leave out incomplete arrays.
     include_translated: include arrays written by the translate stage.
 
@@ -692,11 +679,7 @@ def open_complete(root, dataset: str, split: str, kind: str, model: str):
   `handle[start:stop].read().result()`.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
-    model: the model name.
+    root, dataset, split, kind, model: the array's address (see `array_dir`).
 
   Returns:
     `(location, meta, handle)`: the array's directory, its meta.json, and the open array.
@@ -724,11 +707,7 @@ def read_array(
   """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
-    model: the model name.
+    root, dataset, split, kind, model: the array's address (see `array_dir`).
     check_alignment: refuse the array if another model's array here has other rows.
 
   Returns:
@@ -761,10 +740,7 @@ def read_models(
   """The named models' arrays (default: every complete one), checked and row-aligned.
 
   Args:
-    root: the store root, a directory or a kvstore URL.
-    dataset: the dataset name.
-    split: the split.
-    kind: `corpus` or `query`.
+    root, dataset, split, kind: the arrays' address (see `array_dir`).
     models: the model names; None or empty: every complete, untranslated array.
 
   Returns:
