@@ -64,6 +64,11 @@ def test_smoke_run_all_produces_every_output_and_skips_on_rerun(tiny_run):
       "report/summary.txt",
   ):
     assert (out / rel).exists(), rel
+  cfg = json.loads((out / "config.json").read_text())  # the resolved config of the run
+  assert cfg["out"] == str(out) and cfg["models"] == ["paraphrase-MiniLM-L3-v2", "wordllama"]
+  assert cfg["data"]["max_docs"] == 200 and cfg["mlp"]["depths"] == [1]
+  marker = json.loads((out / ".stages" / "mlp.json").read_text())
+  assert marker["config"]["mlp"] == cfg["mlp"] and "mesh" not in marker["config"]
   summary = (out / "report" / "summary.txt").read_text()
   assert "train-mean estimator" in summary and "zero predictor" in summary
   # a rerun finds every stage complete and redoes nothing

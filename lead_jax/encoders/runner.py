@@ -25,9 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lead_jax import numerics
+
 
 def bucket_lengths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
-  """Powers of two from `smallest` below max_length, then max_length itself."""
+  """The padded lengths a batch may take, so jit compiles one program per bucket.
+
+  Args:
+    max_length: the encoder's longest input, in tokens.
+    smallest: the shortest bucket.
+
+  Returns:
+    Powers of two from `smallest` below `max_length`, then `max_length` itself.
+  """
   out, b = [], smallest
   while b < max_length:
     out.append(b)
@@ -35,15 +45,18 @@ def bucket_lengths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
   return tuple(out) + (max_length,)
 
 
-def _l2_normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclasses.dataclass
 class Runner:
-  """Runs one encoder over lists of texts. `encoder` has `tokenizer` (HF tokenizers,
-  truncating at max_length), `params`, `embed_fn(params, ids, mask) -> [B, D]`,
-  `max_length` and optionally `pad_token_id`."""
+  """Runs one encoder over lists of texts (length-bucketed, data-parallel).
+
+  Attributes:
+    encoder: has `tokenizer` (HF tokenizers, truncating at max_length), `params`,
+      `embed_fn(params, ids, mask) -> [B, D]`, `max_length` and optionally
+      `pad_token_id`.
+    normalize: L2-normalise the embeddings.
+    batch_size: sequences per forward pass (rounded up to a multiple of the devices).
+    devices: the devices the batch is sharded over; default all local ones.
+  """
 
   encoder: Any
   normalize: bool
@@ -62,7 +75,7 @@ class Runner:
 
     def fwd(params, ids, mask):
       x = embed_fn(params, ids, mask).astype(jnp.float32)
-      return _l2_normalize(x) if normalize else x
+      return numerics.l2_normalize(x) if normalize else x
 
     self._fwd: Callable = jax.jit(fwd)
     self.buckets = bucket_lengths(int(self.encoder.max_length))
@@ -110,8 +123,22 @@ class Prepared:
 def load_encoder(
     name: str, *, compute_dtype: Any = jnp.float32, allow_pickle: bool = False
 ) -> Prepared:
-  """Registry name (or a model directory) -> encoder with the model card's pooling,
-  prefixes and normalization; the directory's sentence-transformers files win where present."""
+  """A registry model (or a model directory) ready to embed, with its card's settings.
+
+  The model card gives pooling, prefixes and normalisation; a directory's own
+  sentence-transformers files win where present.
+
+  Args:
+    name: a registry name or a local model directory.
+    compute_dtype: the forward pass's dtype (float32, or bfloat16 on accelerators).
+    allow_pickle: allow `pytorch_model.bin` (pickle) weights.
+
+  Returns:
+    The encoder, its registry spec and the store metadata it writes.
+
+  Raises:
+    ValueError: an OpenAI model (they go through the OpenAI encoder).
+  """
   from lead_jax.encoders import registry
 
   try:

@@ -105,7 +105,15 @@ class StitchConfig:
 
   @classmethod
   def from_config(cls, c: MlpConfig, depth: int) -> StitchConfig:
-    """The depth-`depth` stitch of the study's `config.mlp`."""
+    """The depth-`depth` stitch of the study's `config.mlp`.
+
+    Args:
+      c: the study's MLP settings.
+      depth: the number of nonlinearities.
+
+    Returns:
+      The stitch config (width 0 in the study config becomes None: max(d_in, d_out)).
+    """
     return cls(
         depth=depth,
         width=c.width or None,
