@@ -164,6 +164,9 @@ class StudyConfig:
   out: str = "checkpoints/default"  # the run directory (see lead_jax.pipeline.RunLayout)
   store: str = ""  # embedding store root (a path or a TensorStore URL); "": <out>/store
   stages: tuple[str, ...] = STAGES  # what run_all runs, in this order
+  # JAX's persistent compilation cache: a rerun, and every stage after the first, reuses
+  # compiled programs instead of compiling again; "": off
+  compilation_cache: str = "~/.cache/lead_jax/jax_cache"
   data: DataConfig = _field(DataConfig)
   control: ControlConfig = _field(ControlConfig)
   embed: EmbedConfig = _field(EmbedConfig)

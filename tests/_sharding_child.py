@@ -98,19 +98,22 @@ def main():
     out[f"ridge_{name}"] = fit_rel(cf.fit_all_pairs(tr, va, lam, mesh=m, **kw), ref)
   # The sharded program really is distributed: a cross-device reduction over rows.
   layout = cf.gram_lib.make_layout(list(dims) + [8])
+  m = meshes["data4_pairs2"]
+  tr_c, va_c = cf._append_control(
+      [[jnp.asarray(x) for x in xs] for xs in (tr, va)], 8, 0, jnp.float64, m
+  )
   hlo = (
       cf._fit_impl.lower(
-          tuple(jnp.asarray(x) for x in tr),
-          tuple(jnp.asarray(x) for x in va),
+          tuple(tr_c),
+          tuple(va_c),
           jnp.asarray(lam),
+          cf._medians(va_c),
           layout=layout,
-          control_dim=8,
-          seed=0,
           rcond=None,
           procrustes=True,
           spectra=True,
           predictions=True,
-          mesh=meshes["data4_pairs2"],
+          mesh=m,
       )
       .compile()
       .as_text()

@@ -170,6 +170,27 @@ def test_no_retrace_on_same_shapes():
   before = cf._fit_impl._cache_size()
   cf.fit_all_pairs([x + 1 for x in tr], [x + 1 for x in va], LAMS * 2, control_dim=3)
   assert cf._fit_impl._cache_size() == before
+  # a new seed (the control's rows) and a new λ-path of the same length: no new program
+  a = cf.fit_all_pairs(tr, va, LAMS, control_dim=3, seed=1)
+  b = cf.fit_all_pairs(tr, va, LAMS + 0.5, control_dim=3, seed=2)
+  assert cf._fit_impl._cache_size() == before
+  assert not np.allclose(a["ridge"]["mse"][2], b["ridge"]["mse"][2])  # the control changed
+  cv = cf._cv_impl._cache_size()
+  cf.cross_validate_all_pairs(tr, LAMS, n_folds=3, control_dim=3, seed=1)
+  cv1 = cf._cv_impl._cache_size()
+  cf.cross_validate_all_pairs(tr, LAMS * 3, n_folds=3, control_dim=3, seed=7, fold_seed=4)
+  assert cf._cv_impl._cache_size() == cv1 <= cv + 1
+
+
+def test_cka_seed_is_traced():
+  from lead_jax.similarity import cka
+
+  xs = [x.astype(np.float32) for x in _data([4, 5], 40, seed=5)]
+  one = cka.cka_all_pairs(xs, control_dim=3, seed=1)
+  before = cka._cka_impl._cache_size()
+  two = cka.cka_all_pairs(xs, control_dim=3, seed=2)
+  assert cka._cka_impl._cache_size() == before
+  assert not np.allclose(one["linear"][-1], two["linear"][-1])  # the control's column moved
 
 
 def test_bad_input_names_array_and_row():
@@ -194,3 +215,20 @@ def test_save_and_restore_stitches(fitted, tmp_path):
   assert info[0]["source"] in "abcd" or info[0]["source"] == "gaussian_control"
   for k in tree:
     np.testing.assert_array_equal(back[k]["W"], tree[k]["W"])
+
+
+def test_saved_stitches_share_one_program_per_shape(tmp_path):
+  """Parameters are jit arguments, not constants: same-shape stitches reuse one program."""
+  xs = [x.astype(np.float32) for x in _data([4, 4, 5], 40, seed=2)]
+  out = cf.fit_all_pairs([x[:30] for x in xs], [x[30:] for x in xs], LAMS, control_dim=None)
+  stitch_io.save_stitches(out, tmp_path, names=["a", "b", "c"])
+  saved = stitch_io.load(tmp_path)
+  x = xs[0][30:]
+  ab, ac = stitch_io.find(saved, "a", "b"), stitch_io.find(saved, "a", "c")
+  ab.apply(x)
+  before = stitch_io._apply_affine._cache_size()
+  y = ac.apply(x)  # 4 → 5: a new shape, one new program
+  assert stitch_io._apply_affine._cache_size() == before + 1
+  stitch_io.find(saved, "b", "c").apply(xs[1][30:])  # 4 → 5 again: reused
+  assert stitch_io._apply_affine._cache_size() == before + 1
+  np.testing.assert_allclose(y, x @ ac.params["W"] + ac.params["b"], rtol=1e-5, atol=1e-6)

@@ -72,7 +72,8 @@ def cka_all_pairs(
   dims = [int(x.shape[1]) for x in xs] + ([control_dim] if control_dim else [])
   layout = gram_lib.make_layout(dims)
   xs = tuple(jnp.asarray(x, dtype) for x in xs)
-  return _cka_impl(xs, layout=layout, control_dim=control_dim, seed=seed, mesh=mesh)
+  key = jnp.asarray(seed, jnp.uint32)  # traced: a new seed reuses the compiled program
+  return _cka_impl(xs, key, layout=layout, control_dim=control_dim, mesh=mesh)
 
 
 def np_rows(xs) -> int:
@@ -87,8 +88,8 @@ def np_rows(xs) -> int:
   return int(xs[0].shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "seed", "mesh"))
-def _cka_impl(xs, *, layout: Layout, control_dim, seed, mesh=None):
+@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "mesh"))
+def _cka_impl(xs, seed, *, layout: Layout, control_dim, mesh=None):
   n = xs[0].shape[0]
   xs = list(xs)
   if control_dim:

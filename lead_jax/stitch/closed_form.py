@@ -47,7 +47,7 @@ without a Gram identity: MAE, explained absolute variation, cosine.
 
 Orthogonal Procrustes.  min ‖X̃R − Ỹ‖ over RᵀR = I after zero-padding the smaller side
 to max(d_A, d_B): R = U Vᵀ from the thin SVD C_AB = U Σ Vᵀ (the padded rows/columns
-only add zeros).  The scaled variant uses s* = tr Σ / tr C_AA.  Its val SSE uses the
+only add zeros), computed by an SVD of C_AB itself (`polar`).  The scaled variant uses s* = tr Σ / tr C_AA.  Its val SSE uses the
 same identity with W = sR.
 """
 
@@ -59,6 +59,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lead_jax.config import ClosedFormConfig, ControlConfig
 from lead_jax.distributed import DATA, PAIRS
@@ -185,9 +186,13 @@ def singular_values(x: jax.Array) -> jax.Array:
 def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Orthogonal polar factor R = U Vᵀ of c [..., m, n] (thin SVD c = U Σ Vᵀ) and Σ.
 
-  Via one eigh of the smaller Gram: if n ≤ m, cᵀc = V Λ Vᵀ and R = c V Λ^-½ Vᵀ; else
-  c cᵀ = U Λ Uᵀ and R = U Λ^-½ Uᵀ c.  Directions with Λ ≈ 0 (rank deficiency) are
-  dropped, i.e. the zero-padded Procrustes solution restricted to the range of c.
+  From a thin SVD of c itself, not an eigh of cᵀc: the Gram would square c's condition
+  number, and cutting its small eigenvalues would leave a partial isometry instead of
+  an orthogonal map. Here R is (semi-)orthogonal to working precision whatever c's rank
+  (RᵀR = I for m ≥ n, RRᵀ = I otherwise), so it is the zero-padded Procrustes solution
+  and A→B and B→A give the same error for equal widths. Where c is rank deficient (dead
+  source dimensions) the completion of R is arbitrary, as is the optimum; it acts only
+  on directions the rows do not use.
 
   Args:
     c: matrices [..., m, n].
@@ -195,14 +200,9 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns:
     `(R [..., m, n], Σ [..., min(m, n)])`, Σ descending.
   """
-  g, left = _gram_small(c)
-  lam, v = gram_lib.linalg_map(jnp.linalg.eigh, g, c.ndim - 2)
-  lam = jnp.maximum(lam, 0.0)
-  ok = lam > 10 * np.finfo(np.dtype(c.dtype)).eps * jnp.max(lam, axis=-1, keepdims=True)
-  inv_sqrt = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, lam, 1.0)), 0.0)
-  p = ein("...ik,...k,...jk->...ij", v, inv_sqrt, v)
-  r = ein("...ik,...kj->...ij", p, c) if left else ein("...ik,...kj->...ij", c, p)
-  return r, jnp.sqrt(jnp.where(ok, lam, 0.0))[..., ::-1]
+  svd = functools.partial(jnp.linalg.svd, full_matrices=False)
+  u, sig, vt = gram_lib.linalg_map(svd, c, c.ndim - 2)
+  return ein("...ik,...kj->...ij", u, vt), sig
 
 
 # ----------------------------------------------------------------------------- sufficient statistics
@@ -457,13 +457,56 @@ def _rcond(layout, dtype, rcond, ks):
 
 
 # Both engines (`_fit_impl`, `_cv_impl`) are jitted with the same static options: the
-# layout and everything that changes the traced program's shape or branches.
+# layout and everything that changes the traced program's shape or branches. Seeds and
+# the λ-path are not among them: the Gaussian control's rows and the val medians come
+# from the small programs below, so a new seed reuses the compiled engine, and the
+# engine has no host callback (the persistent compilation cache can store it).
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3, 4))
+def _control_rows(n_rows, dim, seed, dtype, sharding):
+  g = gram_lib.gaussian_control(n_rows, dim, seed, dtype)
+  return g if sharding is None else jax.lax.with_sharding_constraint(g, sharding)
+
+
+def _append_control(xs_lists, control_dim, seed, dtype, mesh):
+  """Each list of row arrays with its slice of one seeded control stream appended.
+
+  Train rows come first, then val rows (`gram.control_split`). On a mesh the rows are a
+  replicated global array, like the models' rows (`distributed.engine_inputs`).
+  """
+  if not control_dim:
+    return [list(xs) for xs in xs_lists]
+  sharding = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+  ns = [int(np.shape(xs[0])[0]) for xs in xs_lists]
+  g = _control_rows(
+      sum(ns), int(control_dim), jnp.asarray(seed, jnp.uint32), np.dtype(dtype), sharding
+  )
+  starts = np.cumsum([0] + ns)
+  return [list(xs) + [g[a:b]] for xs, a, b in zip(xs_lists, starts[:-1], starts[1:])]
+
+
+@jax.jit
+def _medians(xs):
+  """Per model, the per-dimension median of its rows ([d])."""
+  return [metrics.masked_median(x) for x in xs]
+
+
+@jax.jit
+def _fold_medians(xs, idx, mask):
+  """Per model and fold, the per-dimension median of the fold's rows ([K, d])."""
+  one = lambda x, i, m: metrics.masked_median(x[i], m)
+  return [jax.vmap(one, in_axes=(None, 0, 0))(x, idx, mask.astype(x.dtype)) for x in xs]
+
+
+def _group_medians(meds, layout):
+  return [jnp.stack([meds[i] for i in members], axis=-2) for _, members in layout.groups]
+
+
 _jit_engine = functools.partial(
     jax.jit,
     static_argnames=(
         "layout",
-        "control_dim",
-        "seed",
         "rcond",
         "procrustes",
         "spectra",
@@ -481,22 +524,16 @@ def _fit_impl(
     train,
     val,
     lambdas,
+    med,
     *,
     layout,
-    control_dim,
-    seed,
     rcond,
     procrustes,
     spectra,
     predictions,
     mesh=None,
 ):
-  train, val = list(train), list(val)
   ntr, nv = train[0].shape[0], val[0].shape[0]
-  if control_dim:
-    g_tr, g_v = gram_lib.control_split(ntr, nv, control_dim, seed, train[0].dtype)
-    train.append(g_tr)
-    val.append(g_v)
   rows = lambda xs: [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
   train, val = rows(train), rows(val)
   zs_tr = gram_lib.stack_groups(train, layout)
@@ -516,7 +553,7 @@ def _fit_impl(
   paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, proj=proj, yv=yv, mesh=mesh)
   idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
   mask = jnp.ones(nv, train[0].dtype)
-  med = [metrics.masked_median(z) for z in zs_v] if predictions else None
+  med = _group_medians(med, layout) if predictions else None
   rows = zs_v if predictions else None
   chosen = _chosen(st, eig, paths, idx, rows, mask, med, layout, spectra, proj=proj, mesh=mesh)
   ctrl = metrics.controls(st, tg, rows, mask, med, layout)
@@ -602,13 +639,14 @@ def fit_all_pairs(
     raise ValueError(f"val has {len(val)} models, train has {len(train)}")
   gram_lib.check_rows(val, "val", n_rows=int(np.shape(val[0])[0]), dims=dims)
   dtype, lam, layout, alldims = _prepare([train, val], None, lambdas, control_dim, dtype)
+  train, val = (tuple(jnp.asarray(x, dtype) for x in xs) for xs in (train, val))
+  train, val = _append_control([train, val], control_dim, seed, dtype, mesh)
   out = _fit_impl(
-      tuple(jnp.asarray(x, dtype) for x in train),
-      tuple(jnp.asarray(x, dtype) for x in val),
+      tuple(train),
+      tuple(val),
       lam,
+      _medians(val) if predictions else None,
       layout=layout,
-      control_dim=control_dim,
-      seed=seed,
       rcond=rcond,
       procrustes=procrustes,
       spectra=spectra,
@@ -628,22 +666,17 @@ def _cv_impl(
     idx,
     mask,
     lambdas,
+    med,
     *,
     layout,
-    control_dim,
-    seed,
     rcond,
     procrustes,
     spectra,
     predictions,
     mesh=None,
 ):
-  xs = list(xs)
-  n = xs[0].shape[0]
   dtype = xs[0].dtype
   mask = mask.astype(dtype)
-  if control_dim:
-    xs.append(gram_lib.gaussian_control(n, control_dim, seed, dtype))
   xs = [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
   zs = gram_lib.stack_groups(xs, layout)
   shift = [jnp.mean(z, axis=0) for z in zs]
@@ -652,6 +685,7 @@ def _cv_impl(
   ks = [d for d, _ in layout.groups]
   rc = _rcond(layout, dtype, rcond, ks)
   rows = [z[idx] for z in zs] if predictions else None  # [K, n_f, m, d]
+  med = _group_medians(med, layout) if predictions else None  # [K, m, d] per group
 
   def path_one(stf):
     eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
@@ -664,13 +698,12 @@ def _cv_impl(
   idx_l = _choose({k: jnp.mean(p["path"]["mse"], axis=0) for k, p in paths.items()})
 
   def chosen_one(args):
-    stf, eigf, pathsf, tgf, rowsf, maskf = args
-    med = [metrics.masked_median(r, maskf) for r in rowsf] if rowsf is not None else None
-    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, med, layout, spectra, mesh=mesh)
-    ctrl = metrics.controls(stf, tgf, rowsf, maskf, med, layout)
+    stf, eigf, pathsf, tgf, rowsf, maskf, medf = args
+    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, medf, layout, spectra, mesh=mesh)
+    ctrl = metrics.controls(stf, tgf, rowsf, maskf, medf, layout)
     return _collect(stf, pathsf, tgf, ch, ctrl, idx_l, lambdas, layout, procrustes, spectra)
 
-  folds = jax.lax.map(chosen_one, (st, eig, paths, tg, rows, mask))
+  folds = jax.lax.map(chosen_one, (st, eig, paths, tg, rows, mask, med))
   folds.pop("stitches")
   folds["lambdas"] = lambdas
   stat = {k: v for k, v in folds.items() if k not in ("lambdas",)}
@@ -726,14 +759,14 @@ def cross_validate_all_pairs(
   gram_lib.check_rows(xs, "xs", n_rows=n)
   dtype, lam, layout, alldims = _prepare([xs], None, lambdas, control_dim, dtype)
   idx, mask = metrics.fold_indices(n, n_folds, fold_seed)
+  (xs,) = _append_control([[jnp.asarray(x, dtype) for x in xs]], control_dim, seed, dtype, mesh)
   out = _cv_impl(
-      tuple(jnp.asarray(x, dtype) for x in xs),
+      tuple(xs),
       jnp.asarray(idx),
       jnp.asarray(mask),
       lam,
+      _fold_medians(xs, idx, mask) if predictions else None,
       layout=layout,
-      control_dim=control_dim,
-      seed=seed,
       rcond=rcond,
       procrustes=procrustes,
       spectra=spectra,

@@ -171,7 +171,15 @@ class SavedStitch:
           f"{self.checkpoint} [{self.key}]: stitch {self.source}→{self.target} takes rows of "
           f"dim {self.source_dim}, got shape {x.shape}"
       )
-    return np.asarray(_apply_jit(self)(jnp.asarray(x)))
+    # parameters are arguments, not constants baked into the program: one compiled
+    # program per (kind, shapes, MLP config) serves every stitch of that shape
+    if self.kind == "closed_form":
+      return np.asarray(_apply_affine(self._device_params, jnp.asarray(x)))
+    return np.asarray(_apply_mlp(self._device_params, jnp.asarray(x), self.cfg))
+
+  @functools.cached_property
+  def _device_params(self):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), self.params)
 
   @functools.cached_property
   def digest(self) -> str:
@@ -206,16 +214,16 @@ class SavedStitch:
     return out
 
 
-@functools.lru_cache(maxsize=64)
-def _apply_jit(st: SavedStitch):
-  if st.kind == "closed_form":
-    w = jnp.asarray(st.params["W"], jnp.float32)
-    b = jnp.asarray(st.params["b"], jnp.float32)
-    return jax.jit(lambda x: jnp.matmul(x, w, precision=HIGHEST) + b)
+@jax.jit
+def _apply_affine(params, x_nd):
+  return jnp.matmul(x_nd, params["W"], precision=HIGHEST) + params["b"]
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _apply_mlp(params, x_nd, cfg):
   from lead_jax.stitch import mlp
 
-  params = jax.tree.map(jnp.asarray, st.params)
-  return jax.jit(lambda x: mlp.apply_pair(params, x, st.cfg))
+  return mlp.apply_pair(params, x_nd, cfg)
 
 
 def load_closed_form(run_dir: str | os.PathLike) -> list[SavedStitch]:
