@@ -52,7 +52,7 @@ def child(m: int, div: int, n_train: int, n_val: int) -> dict:
       "fit": lambda: cf.fit_all_pairs(tr, va, lams),
       "fit_no_predictions": lambda: cf.fit_all_pairs(tr, va, lams, predictions=False),
       "kfold": lambda: cf.cross_validate_all_pairs(tr, lams, n_folds=3),
-      "mlp_chunk": lambda: mlp.fit(plan, m_tr, m_va, scfg, tcfg)["params"],
+      "mlp_chunk": lambda: [g["params"] for g in mlp.fit(plan, m_tr, m_va, scfg, tcfg)["groups"]],
   }
   out = {"groups": len(set(dims)), "dims": dims}
   for name, fn in jobs.items():
