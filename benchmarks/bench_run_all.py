@@ -43,7 +43,9 @@ def main():
   ap.add_argument("--keep", default=None, help="Run directory to use (default: a fresh temp dir).")
   args = ap.parse_args()
   out = pathlib.Path(args.keep or tempfile.mkdtemp(prefix="bench_run_all_")) / "run"
-  cmd = [sys.executable, str(ROOT / "experiments" / "run_all.py"), f"--out={out}"]
+  # a cold compilation cache of its own: the job as a newcomer first meets it
+  cache = f"--config.compilation_cache={out.parent / 'jax_cache'}"
+  cmd = [sys.executable, str(ROOT / "experiments" / "run_all.py"), f"--out={out}", cache]
   if args.quick:
     cmd += [
         "--models=all-MiniLM-L6-v2,paraphrase-MiniLM-L3-v2,wordllama",
