@@ -31,10 +31,13 @@ from lead_jax.pipeline import _common
 
 __all__ = ["DEPENDS", "RunLayout", "run_stage", "run_stages", "stage"]
 
-_DATA = ("dataset", "models", "store", "data")
+# The embedded arrays depend on these; every stage's outputs depend on the arrays. (The
+# embed section is in for its store dtype and weights options: a change reruns everything
+# downstream rather than leaving results of other arrays.)
+_DATA = ("dataset", "models", "store", "data", "embed")
 # The config sections each stage's outputs depend on (mesh and stages never change results).
 DEPENDS = {
-    "embed": _DATA + ("embed",),
+    "embed": _DATA,
     "similarity": _DATA + ("control", "cka"),
     "closed_form": _DATA + ("control", "closed_form"),
     "mlp": _DATA + ("control", "mlp"),
