@@ -54,6 +54,7 @@ def child(m: int, div: int, n_train: int, n_val: int) -> dict:
       "kfold": lambda: cf.cross_validate_all_pairs(tr, lams, n_folds=3),
       "mlp_chunk": lambda: [g["params"] for g in mlp.fit(plan, m_tr, m_va, scfg, tcfg)["groups"]],
   }
+  jax.block_until_ready(jax.numpy.zeros(8) + 1)  # backend start-up is not a compile
   out = {"groups": len(set(dims)), "dims": dims}
   for name, fn in jobs.items():
     t = time.perf_counter()

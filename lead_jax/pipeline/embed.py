@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import jax.numpy as jnp
@@ -105,7 +104,7 @@ def run(cfg: StudyConfig, layout: RunLayout, openai_api_key: str | None = None) 
     embed, dim, model_meta, final, (q_prefix, p_prefix) = _encoder(cfg, name, openai_api_key)
     meta = {
         **model_meta,
-        "chunker": dataclasses.asdict(chunk_config(cfg)),
+        "chunker": chunk_config(cfg).to_json(),
         "dataset_seed": d.seed,
         "qrels_split": ds.qrels_split,
         "dataset_cap": {

@@ -32,12 +32,13 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from lead_jax.config import ControlConfig
 from lead_jax.distributed import DATA
 from lead_jax.similarity import gram as gram_lib
-from lead_jax.similarity.gram import Layout, ein
+from lead_jax.similarity.gram import ein
 
 
 def cka_all_pairs(
@@ -69,11 +70,10 @@ def cka_all_pairs(
   """
   gram_lib.check_rows(xs, "xs", n_rows=np_rows(xs))
   dtype = gram_lib.compute_dtype(xs, dtype)
-  dims = [int(x.shape[1]) for x in xs] + ([control_dim] if control_dim else [])
-  layout = gram_lib.make_layout(dims)
+  dims = tuple(int(x.shape[1]) for x in xs) + ((int(control_dim),) if control_dim else ())
   xs = tuple(jnp.asarray(x, dtype) for x in xs)
   key = jnp.asarray(seed, jnp.uint32)  # traced: a new seed reuses the compiled program
-  return _cka_impl(xs, key, layout=layout, control_dim=control_dim, mesh=mesh)
+  return _cka_impl(xs, key, dims=dims, mesh=mesh)
 
 
 def np_rows(xs) -> int:
@@ -88,37 +88,43 @@ def np_rows(xs) -> int:
   return int(xs[0].shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "control_dim", "mesh"))
-def _cka_impl(xs, seed, *, layout: Layout, control_dim, mesh=None):
+@functools.partial(jax.jit, static_argnames=("dims", "mesh"))
+def _cka_impl(xs, seed, *, dims: tuple[int, ...], mesh=None):
+  # One program whose structure does not depend on the number of models: the models'
+  # centred rows side by side, Z [N, ΣD], one Gram ZᵀZ, and per-model sums over its
+  # blocks through a one-hot segment matrix A [ΣD, M]. (The grouped, triangular version
+  # did half the flops but was unrolled over group pairs, so its compile time grew with
+  # the number of width groups: BUILD_NOTES §7.)
   n = xs[0].shape[0]
   xs = list(xs)
-  if control_dim:
-    xs.append(gram_lib.gaussian_control(n, control_dim, seed, xs[0].dtype))
-  xs = [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
-  zs = gram_lib.stack_groups(xs, layout)
-  zs = [z - jnp.mean(z, axis=0) for z in zs]
-  return cka_from_centred_groups(zs, layout, n)
+  if len(dims) > len(xs):  # the Gaussian control, last
+    xs.append(gram_lib.gaussian_control(n, dims[-1], seed, xs[0].dtype))
+  z = jnp.concatenate([gram_lib.constrain(x, mesh, DATA, None) for x in xs], axis=1)
+  z = gram_lib.constrain(z - jnp.mean(z, axis=0), mesh, DATA, None)
+  return cka_from_centred(z, dims, n)
 
 
-def cka_from_centred_groups(
-    zs: Sequence[jax.Array], layout: Layout, n: int
-) -> dict[str, jax.Array]:
-  """CKA from per-group centred rows `[N, m_g, d_g]` (traceable; rows may be sharded).
+def cka_from_centred(z: jax.Array, dims: tuple[int, ...], n: int) -> dict[str, jax.Array]:
+  """CKA from every model's centred rows side by side (traceable; rows may be sharded).
+
+  With A the [ΣD, M] one-hot map of columns to models: ‖C_ij‖²_F = (Aᵀ (G∘G) A)_ij for
+  G = ZᵀZ, the row norms are R = (Z∘Z) A [N, M], so rᵢᵀrⱼ = (RᵀR)_ij and
+  tr(C_ii) = Σ_n R_ni.
 
   Args:
-    zs: per group, the members' rows centred by their own means, `[N, m_g, d_g]`.
-    layout: the grouping of the models.
+    z: `[N, ΣD]`, model i's columns centred by their own means, in `dims` order.
+    dims: each model's width.
     n: the row count N.
 
   Returns:
-    As `cka_from_stats`, `[M, M]` in caller order.
+    As `cka_from_stats`, `[M, M]` in `dims` order.
   """
-  blocks = gram_lib.gram_blocks(zs)
-  fro2 = {k: jnp.sum(jnp.square(g), axis=(1, 3)) for k, g in blocks.items()}  # [m_a, m_b]
-  fro2 = gram_lib.assemble(fro2, layout)
-  r = jnp.concatenate([jnp.sum(jnp.square(z), axis=2) for z in zs], axis=1)  # [N, M] group order
-  r = gram_lib.to_caller_order(r.T, layout, axes=1)  # [M, N]
-  return cka_from_stats(fro2, ein("in,jn->ij", r, r), jnp.sum(r, axis=1), n)
+  seg = np.repeat(np.arange(len(dims)), dims)
+  onehot = jnp.asarray(seg[:, None] == np.arange(len(dims))[None, :], z.dtype)  # [ΣD, M]
+  g = ein("np,nq->pq", z, z)
+  fro2 = ein("pi,pq,qj->ij", onehot, g * g, onehot)
+  r = ein("np,pi->ni", z * z, onehot)
+  return cka_from_stats(fro2, ein("ni,nj->ij", r, r), jnp.sum(r, axis=0), n)
 
 
 def cka_from_stats(fro2: jax.Array, rs: jax.Array, tr: jax.Array, n: int) -> dict[str, jax.Array]:
