@@ -511,11 +511,11 @@ def pair_update(params, opt_state, active, x_bd, y_bd, *, cfg: StitchConfig, tcf
 
 
 def _group_init(g: Group, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
-  keys = jnp.stack([pair_key(tcfg.seed, s, t) for s, t in g.pairs])
-  params = jax.tree.map(
-      lambda *a: jnp.stack(a),
-      *[init_pair(jax.random.fold_in(k, 0), g.d_in, g.d_out, cfg) for k in keys],
-  )
+  # vmapped over the group's pairs, not a Python loop: one threefry program per group
+  # instead of one per pair (the unrolled loop took 104 s to compile at 17 models).
+  src, tgt = (jnp.asarray(v, jnp.uint32) for v in zip(*g.pairs))
+  keys = jax.vmap(lambda s, t: pair_key(tcfg.seed, s, t))(src, tgt)
+  params = jax.vmap(lambda k: init_pair(jax.random.fold_in(k, 0), g.d_in, g.d_out, cfg))(keys)
   opt = jax.vmap(make_optimizer(tcfg).init)(params)
   p = len(g.pairs)
   nan = jnp.full((p, tcfg.n_evals), jnp.nan, jnp.float32)
