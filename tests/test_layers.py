@@ -2,7 +2,7 @@
 
     data → encoders → store → similarity → stitch → eval → report → pipeline
 
-with the neutral modules (config, files, numerics, distributed, layout) below them all.
+with the neutral modules (config, errors, files, numerics, distributed, layout) below them all.
 Every `import lead_jax…` in the package, at module level or inside a function, counts.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "lead_jax"
 LAYERS = [
-    {"config", "files", "numerics", "distributed", "layout"},
+    {"config", "errors", "files", "numerics", "distributed", "layout"},
     {"data"},
     {"encoders"},
     {"store"},
