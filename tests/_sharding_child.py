@@ -108,6 +108,7 @@ def main():
           tuple(va_c),
           jnp.asarray(lam),
           cf._medians(va_c),
+          cf._exact_ols(tr_c, va_c, layout, lam, jnp.float64),
           layout=layout,
           rcond=None,
           procrustes=True,

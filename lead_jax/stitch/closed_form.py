@@ -18,6 +18,12 @@ One eigendecomposition C_AA = V diag(s) Vᵀ per *source* serves every target an
     f_0(s) = 1/s if s > rcond·max(s) else 0    (λ = 0: minimum-norm least squares, the
                                                 pseudo-inverse with a relative cutoff).
 
+The λ = 0 *path metrics* do not come from f_0: a float32 Gram cannot resolve real
+embeddings' dead dimensions (eigenvalue ratios < 1e-16) nor, with a k·eps32 cutoff,
+an ill-conditioned source. They come from float64 min-norm least squares on each
+source's rows (`_ols_one`: QR, then an SVD of R, lstsq's cutoff), one program per
+source width group; the chosen stitch at λ = 0, rarely chosen, is f_0's.
+
 When N < d_A the dual is cheaper: K = X̃X̃ᵀ = U diag(s) Uᵀ (N×N) and the nonzero
 eigenvectors of C_AA are V = X̃ᵀ U diag(s)^-½, so the same (V, s) interface holds with
 k = N.  C_AB lies in range(X̃ᵀ) = span(V), so components outside it vanish for every λ.
@@ -241,6 +247,116 @@ def stats_from_rows(zs_tr, zs_v, mask_v=None, val_gram=True):
   return st, xc, xvm
 
 
+# ----------------------------------------------------------------------------- exact OLS
+
+
+def _columns(layout: Layout, b: int) -> np.ndarray:
+  """The columns of target group b's members in the caller-order concatenation [.., T]."""
+  off = np.concatenate([[0], np.cumsum(layout.dims)])
+  d_b, members = layout.groups[b]
+  return np.concatenate([np.arange(off[t], off[t] + d_b) for t in members])
+
+
+def _ols_one(x, xv, y, yv, tmask, vmask):
+  """Val SSE per target column of min-norm least squares, one source, in x's dtype.
+
+  From a QR of the centred train rows and an SVD of R (the factorisation behind numpy's
+  `lstsq`, up to its bidiagonalisation), with lstsq's cutoff σ > eps·max(N, d)·σ_max:
+  directions whose variance is float32 rounding noise (dead dimensions) are kept and
+  fitted as the reference fits them, which no Gram-based solve can resolve. Train rows
+  with tmask 0 are left out (k-fold); val rows are weighted by vmask.
+
+  Args:
+    x: train rows [N, d].
+    xv: val rows [n, d].
+    y: the targets' train rows [N, T].
+    yv: their val rows [n, T].
+    tmask: [N] train row weights (0 or 1).
+    vmask: [n] val row weights.
+
+  Returns:
+    Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T].
+  """
+  ntr = jnp.sum(tmask)
+  mu_x, mu_y = tmask @ x / ntr, tmask @ y / ntr
+  q, r = jnp.linalg.qr((x - mu_x) * tmask[:, None])
+  u, sig, vt = jnp.linalg.svd(r, full_matrices=False)
+  keep = sig > np.finfo(x.dtype).eps * max(x.shape) * sig[0]
+  inv = jnp.where(keep, 1.0 / jnp.where(keep, sig, 1.0), 0.0)
+  coef = inv[:, None] * (u.T @ (q.T @ ((y - mu_y) * tmask[:, None])))  # [k, T]
+  res = (yv - mu_y) - ((xv - mu_x) @ vt.T) @ coef
+  return vmask @ (res * res)
+
+
+@jax.jit
+def _ols_exact(xs, xvs, y, yv, vidx, tmask, vmask):
+  """Float64 min-norm OLS val SSE per target column, one source group, per fold.
+
+  Args:
+    xs: the group's members' train rows, a tuple of [N, d].
+    xvs: their val rows, a tuple of [N_v, d] (k-fold: `xs` itself).
+    y: all targets' train rows side by side [N, T] (caller order).
+    yv: their val rows [N_v, T].
+    vidx: per fold the val row indices into xvs / yv [F, n].
+    tmask: per fold the train row weights [F, N].
+    vmask: per fold the val row weights [F, n].
+
+  Returns:
+    [F, m, T] float64.
+  """
+  f64 = lambda a: a.astype(jnp.float64)
+  x, xv = jnp.stack([f64(a) for a in xs]), jnp.stack([f64(a) for a in xvs])
+  y, yv = f64(y), f64(yv)
+
+  def fold(args):
+    vi, tm, vm = args
+    one = lambda a: _ols_one(a[0], a[1][vi], y, yv[vi], f64(tm), f64(vm))
+    return jax.lax.map(one, (x, xv))
+
+  return jax.lax.map(fold, (vidx, tmask, vmask))
+
+
+@jax.jit
+def _concat(xs):
+  return jnp.concatenate(xs, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _no_ols(shape, dtype):
+  """Zeros for the exact OLS when no λ is 0: a device array like the real one, so the
+  engine's compiled program is the same either way."""
+  return jnp.zeros(shape, dtype)
+
+
+def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=None):
+  """Per source group, the float64 OLS val SSE per target column ([F, m_a, T] in `dtype`).
+
+  Zeros when the λ-path has no 0. Without vidx/tmask/vmask: one split (F = 1, all rows).
+  """
+  n, nv = int(np.shape(xs[0])[0]), int(np.shape(xvs[0])[0])
+  if vidx is None:
+    vidx, tmask, vmask = np.arange(nv)[None], np.ones((1, n), np.float32), np.ones((1, nv))
+  if not np.any(np.asarray(lambdas) == 0):
+    return [
+        _no_ols((len(vidx), len(m), sum(layout.dims)), np.dtype(dtype)) for _, m in layout.groups
+    ]
+  y, yv = _concat(tuple(xs)), _concat(tuple(xvs))
+  out = []
+  with jax.enable_x64(True):
+    for _, members in layout.groups:
+      sse = _ols_exact(
+          tuple(xs[i] for i in members),
+          tuple(xvs[i] for i in members),
+          y,
+          yv,
+          jnp.asarray(vidx),
+          jnp.asarray(tmask, jnp.float32),
+          jnp.asarray(vmask, jnp.float32),
+      )
+      out.append(sse.astype(dtype))
+  return out
+
+
 # ----------------------------------------------------------------------------- core
 
 
@@ -266,8 +382,11 @@ def _targets(st, layout):
   return out
 
 
-def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, mesh=None):
+def _path(st, eig, lambdas, layout, rcond, with_procrustes, ols, proj=None, yv=None, mesh=None):
   """Val metrics for every pair × λ (+ Procrustes) from Grams; no predictions.
+
+  `ols[a]` [m_a, T] holds source group a's float64 min-norm OLS val SSE per target
+  column (`_exact_ols`, caller-order columns); it replaces the λ = 0 entries.
 
   The val terms Q = Vᵀ G_AB and M = Vᵀ G_AA V come from the val Gram blocks, or, when
   the projected val rows `proj[a] = x̃_v V [n, m_a, k]` and centred val rows `yv` are
@@ -299,6 +418,11 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, proj=None, yv=None, 
       quadw = ein("ablk,alk->abl", ein("abkm,alm->ablk", ppw, filt), filt)
       sse = t["ssy"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1) + quad
       ssew = t["ssy_w"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1w) + quadw
+      cols = _columns(layout, b)
+      exact = ols[a][:, cols].reshape(ols[a].shape[0], len(layout.groups[b][1]), d_b)
+      at0 = lambdas == 0
+      sse = jnp.where(at0, jnp.sum(exact, -1)[..., None].astype(sse.dtype), sse)
+      ssew = jnp.where(at0, ein("abj,bj->ab", exact, t["w"])[..., None].astype(sse.dtype), ssew)
       res = {
           "path": metrics.sse_summaries(
               sse, ssew, t["sst_tot"][None, :, None], t["n_valid"][None, :, None], st["nv"], d_b
@@ -525,6 +649,7 @@ def _fit_impl(
     val,
     lambdas,
     med,
+    ols,
     *,
     layout,
     rcond,
@@ -550,7 +675,8 @@ def _fit_impl(
     ks.append(eig[-1][0].shape[-1])
   rc = _rcond(layout, train[0].dtype, rcond, ks)
   proj = [ein("nai,aik->nak", y, v) for y, (v, _) in zip(yv, eig)]  # x̂ = x̃_v V
-  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, proj=proj, yv=yv, mesh=mesh)
+  ols = [o[0] for o in ols]
+  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, ols, proj=proj, yv=yv, mesh=mesh)
   idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
   mask = jnp.ones(nv, train[0].dtype)
   med = _group_medians(med, layout) if predictions else None
@@ -611,7 +737,7 @@ def fit_all_pairs(
       (`None` to skip).  It is stitched as a source (the random-source control) and as
       a target like any other model.
     seed: seed of the control rows.
-    rcond: relative eigenvalue cutoff for λ = 0 (default k·eps(dtype)).
+    rcond: relative eigenvalue cutoff of the λ = 0 stitch W (default k·eps(dtype)).
     dtype: float32 (default) or float64 (x64 on).
     procrustes: fit the Procrustes stitches (False turns them off).
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
@@ -646,6 +772,7 @@ def fit_all_pairs(
       tuple(val),
       lam,
       _medians(val) if predictions else None,
+      _exact_ols(train, val, layout, lambdas, dtype),
       layout=layout,
       rcond=rcond,
       procrustes=procrustes,
@@ -667,6 +794,7 @@ def _cv_impl(
     mask,
     lambdas,
     med,
+    ols,
     *,
     layout,
     rcond,
@@ -687,13 +815,14 @@ def _cv_impl(
   rows = [z[idx] for z in zs] if predictions else None  # [K, n_f, m, d]
   med = _group_medians(med, layout) if predictions else None  # [K, m, d] per group
 
-  def path_one(stf):
+  def path_one(args):
+    stf, olsf = args
     eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
-    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes, mesh=mesh)
+    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes, olsf, mesh=mesh)
     return eig, paths, tg
 
   # lax.map, not vmap: folds run one after another (bounded memory; no batched LAPACK).
-  eig, paths, tg = jax.lax.map(path_one, st)
+  eig, paths, tg = jax.lax.map(path_one, (st, ols))
   # λ per pair: argmin of the mean over folds of val MSE.
   idx_l = _choose({k: jnp.mean(p["path"]["mse"], axis=0) for k, p in paths.items()})
 
@@ -740,7 +869,7 @@ def cross_validate_all_pairs(
     fold_seed: seeds the fold assignment.
     control_dim: width of the Gaussian control model (`None` to skip), as in `fit_all_pairs`.
     seed: seed of the control rows.
-    rcond: relative eigenvalue cutoff for λ = 0 (default k·eps(dtype)).
+    rcond: relative eigenvalue cutoff of the λ = 0 stitch W (default k·eps(dtype)).
     dtype: float32 (default) or float64 (x64 on).
     procrustes: fit the Procrustes stitches.
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
@@ -760,12 +889,16 @@ def cross_validate_all_pairs(
   dtype, lam, layout, alldims = _prepare([xs], None, lambdas, control_dim, dtype)
   idx, mask = metrics.fold_indices(n, n_folds, fold_seed)
   (xs,) = _append_control([[jnp.asarray(x, dtype) for x in xs]], control_dim, seed, dtype, mesh)
+  tmask = np.ones((len(idx), n), np.float32)  # fold f trains on every row outside it
+  for f in range(len(idx)):
+    tmask[f, idx[f][mask[f] > 0]] = 0.0
   out = _cv_impl(
       tuple(xs),
       jnp.asarray(idx),
       jnp.asarray(mask),
       lam,
       _fold_medians(xs, idx, mask) if predictions else None,
+      _exact_ols(xs, xs, layout, lambdas, dtype, vidx=idx, tmask=tmask, vmask=mask),
       layout=layout,
       rcond=rcond,
       procrustes=procrustes,
