@@ -38,12 +38,25 @@ resume behaviour are the same. `array_dir` returns the array's URL string for UR
 (a `pathlib.Path` for local ones). `memory://` stores live in this module's shared
 TensorStore context, i.e. for the life of the process (tests).
 
-Readers refuse incomplete arrays, NaN/Inf rows, and arrays whose row-text digest
-differs from another model's on the same dataset/split/kind.
+Checksums. Every chunk is encoded `bytes` (little-endian) then `crc32c` (zarr v3's codec:
+a 4-byte CRC-32C after the chunk's bytes), recorded in zarr.json, so TensorStore checks
+each chunk as it reads it. Every chunk of an array is stored (an all-zero block too),
+and reads of a checksummed array refuse a missing chunk instead of filling it with
+zeros. A chunk that fails its checksum, is truncated or is missing is refused with a
+`CorruptDataError` naming the array, the chunk's key and its rows: reads take the fast
+path (one read), and only when it fails read chunk by chunk to name the failing one.
+Arrays written before checksums (zarr.json without `crc32c`) read as they always did;
+`verify` reports them as "no checksum", a warning.
+
+Readers refuse incomplete arrays, NaN/Inf rows, corrupt chunks, and arrays whose
+row-text digest differs from another model's on the same dataset/split/kind. `verify`
+(experiments/verify_store.py) checks every array of a store for all of these.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import json
 import os
@@ -56,8 +69,12 @@ import jax
 import numpy as np
 from absl import logging
 
+from lead_jax.errors import CorruptDataError, InputError
+
 DTYPES = ("float32", "bfloat16", "float16")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of meta.json; the chunks' codecs are zarr.json's (`_CODECS`)
+# Every chunk: its bytes, little-endian, then their CRC-32C (zarr v3 `crc32c` codec).
+_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 # Fields that must agree between an existing partial array and a resumed write.
 _IDENTITY = (
     "model",
@@ -266,20 +283,33 @@ def _uncommitted(path: pathlib.Path | _Url, meta: dict, process_count: int) -> l
 
 
 def _open_ts(
-    path: pathlib.Path | _Url, *, create: bool = False, shape=None, block_rows=None, dtype=None
+    path: pathlib.Path | _Url,
+    *,
+    create: bool = False,
+    shape=None,
+    block_rows=None,
+    dtype=None,
+    strict: bool = False,
 ):
+  """Opens the array; `strict`: reading a missing chunk is an error, not fill zeros."""
   import tensorstore as ts
 
   if isinstance(path, _Url):
     kvstore = {**path.kv.spec().to_json(), "path": path.kv.path + path.key + "/"}
   else:
     kvstore = {"driver": "file", "path": str(path)}
-  spec: dict[str, Any] = {"driver": "zarr3", "kvstore": kvstore}
+  spec: dict[str, Any] = {
+      "driver": "zarr3",
+      "kvstore": kvstore,
+      "store_data_equal_to_fill_value": True,  # every chunk is stored, an all-zero one too
+      "fill_missing_data_reads": not strict,
+  }
   if create:
     spec["metadata"] = {
         "shape": list(shape),
         "data_type": dtype,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [block_rows, shape[1]]}},
+        "codecs": _CODECS,
     }
     spec["create"] = True
     spec["delete_existing"] = True
@@ -672,20 +702,147 @@ def list_models(
   return out
 
 
+def has_checksum(zarr_meta: Mapping[str, Any]) -> bool:
+  """Whether an array's chunks carry a CRC-32C (its zarr.json's codecs include `crc32c`).
+
+  Args:
+    zarr_meta: the array's decoded zarr.json.
+
+  Returns:
+    True for arrays written with `_CODECS`; False for those written before checksums.
+  """
+  return any(c.get("name") == "crc32c" for c in zarr_meta.get("codecs", ()))
+
+
+def _chunk_key(zarr_meta: Mapping[str, Any], c: int) -> str:
+  """The key, under the array's directory, of the chunk holding row block `c`."""
+  enc = zarr_meta.get("chunk_key_encoding") or {"name": "default"}
+  v2 = enc.get("name") == "v2"
+  sep = (enc.get("configuration") or {}).get("separator", "." if v2 else "/")
+  return ("" if v2 else "c" + sep) + f"{c}{sep}0"
+
+
+def _chunk_problem(zarr_meta: Mapping[str, Any], meta: Mapping[str, Any], c: int, err) -> str:
+  """What is wrong with chunk `c`, from TensorStore's error reading it: key, rows, reason."""
+  b, n = meta["block_rows"], meta["n_rows"]
+  text = " ".join(str(err).split())
+  if "Digest mismatch" in text:
+    why = "fails its crc32c checksum (its bytes changed after they were written)"
+  elif "Not enough data" in text:
+    why = "is truncated"
+  elif text.startswith("NOT_FOUND") or "is missing" in text:
+    why = "is missing"
+    if not has_checksum(zarr_meta):  # only `verify` reads these strictly
+      why += (
+          " (written before checksums, when an all-zero block was not stored: lost data"
+          " unless its rows were all zeros)"
+      )
+  else:
+    why = "is unreadable"
+  return (
+      f"chunk {_chunk_key(zarr_meta, c)} (rows [{c * b}, {min((c + 1) * b, n)})) {why} "
+      f"[TensorStore: {text}]"
+  )
+
+
+def _bad_chunk(path, zarr_meta: dict, meta: dict, arr, lo: int, hi: int):
+  """Reads rows [lo, hi) of `arr` chunk by chunk: the first failing chunk's error, or None.
+
+  Returns:
+    A `CorruptDataError` naming the array, the chunk and its rows; None if every chunk reads.
+  """
+  b = meta["block_rows"]
+  for c in range(lo // b, -(-hi // b)):
+    try:
+      arr[max(lo, c * b) : min(hi, (c + 1) * b)].read().result()
+    except ValueError as e:
+      return CorruptDataError(
+          f"{path}: {_chunk_problem(zarr_meta, meta, c, e)}; the array is corrupt, re-embed it"
+      )
+  return None
+
+
+class CheckedArray:
+  """A complete array's TensorStore handle whose reads refuse corrupt chunks.
+
+  Reads as the handle does, `a[start:stop].read().result()`: one read, the fast path.
+  Only when it fails are the rows read again chunk by chunk, and a chunk that fails its
+  checksum, is truncated or is missing raises `CorruptDataError` naming the array, the
+  chunk's key and its rows. Every other attribute is the handle's.
+
+  Args:
+    path: the array's directory.
+    zarr_meta: its decoded zarr.json.
+    meta: its meta.json.
+    arr: the open TensorStore array.
+    view: the part of it read, `arr` indexed; None: all of it.
+  """
+
+  def __init__(self, path, zarr_meta: dict, meta: dict, arr, view=None):
+    self._path, self._zarr, self._meta, self._base = path, zarr_meta, meta, arr
+    self._arr = arr if view is None else view
+
+  def __getattr__(self, name: str):
+    return getattr(self._arr, name)
+
+  def __getitem__(self, index) -> CheckedArray:
+    return CheckedArray(self._path, self._zarr, self._meta, self._base, self._arr[index])
+
+  def read(self) -> _CheckedRead:
+    """Starts reading this view.
+
+    Returns:
+      A future-like whose `result()` is the rows, or raises `CorruptDataError`.
+    """
+    return _CheckedRead(self, self._arr.read())
+
+
+class _CheckedRead:
+  """`CheckedArray.read()`'s pending result."""
+
+  def __init__(self, view: CheckedArray, future):
+    self._view, self._future = view, future
+
+  def result(self) -> np.ndarray:
+    """The rows read.
+
+    Returns:
+      The rows, in the stored dtype.
+
+    Raises:
+      CorruptDataError: a chunk of the rows fails its checksum, is truncated or is missing.
+    """
+    try:
+      return self._future.result()
+    except ValueError as e:
+      first = e
+    v = self._view
+    d = v._arr.domain[0]  # rows, unless an integer index dropped them: then every row
+    lo, hi = (d.inclusive_min, d.exclusive_max) if v._arr.rank == 2 else (0, v._meta["n_rows"])
+    bad = _bad_chunk(v._path, v._zarr, v._meta, v._base, lo, hi)
+    if bad is not None:
+      raise bad from None
+    logging.warning("%s: rows [%d, %d) read again after: %s", v._path, lo, hi, first)
+    return v._arr.read().result()  # every chunk read: the failure was not the data's
+
+
 def open_complete(root, dataset: str, split: str, kind: str, model: str):
-  """A complete array opened for block reads: `(location, meta, tensorstore handle)`.
+  """A complete array opened for block reads: `(location, meta, handle)`.
 
   Works for every store root (paths and TensorStore URLs). Read rows with
-  `handle[start:stop].read().result()`.
+  `handle[start:stop].read().result()`; a corrupt chunk raises `CorruptDataError`
+  (see `CheckedArray`).
 
   Args:
     root, dataset, split, kind, model: the array's address (see `array_dir`).
 
   Returns:
-    `(location, meta, handle)`: the array's directory, its meta.json, and the open array.
+    `(location, meta, handle)`: the array's directory, its meta.json, and the open array,
+    a `CheckedArray`.
 
   Raises:
     StoreError: the array is missing, incomplete, or its shape differs from its meta.
+    CorruptDataError: its zarr.json is missing or unreadable.
   """
   path = _array_loc(root, dataset, split, kind, model)
   meta = read_meta(root, dataset, split, kind, model)
@@ -695,16 +852,23 @@ def open_complete(root, dataset: str, split: str, kind: str, model: str):
         f"{path}: incomplete ({progress['committed_rows']}/{meta['n_rows']} rows "
         "committed); rerun the embedding to finish it"
     )
-  arr = _open_ts(path)
+  try:
+    zarr_meta = _read_json(path / "zarr.json")
+    if zarr_meta is None:
+      raise ValueError("zarr.json is missing")
+    # a missing chunk of a checksummed array is an error; older arrays read it as zeros
+    arr = _open_ts(path, strict=has_checksum(zarr_meta))
+  except ValueError as e:  # json.JSONDecodeError too
+    raise CorruptDataError(f"{path}: cannot open the array: {' '.join(str(e).split())}") from None
   if tuple(arr.shape) != (meta["n_rows"], meta["dim"]):
     raise StoreError(f"{path}: shape {tuple(arr.shape)} != meta [{meta['n_rows']}, {meta['dim']}]")
-  return path, meta, arr
+  return path, meta, CheckedArray(path, zarr_meta, meta, arr)
 
 
 def read_array(
     root, dataset: str, split: str, kind: str, model: str, *, check_alignment: bool = True
 ) -> np.ndarray:
-  """The complete, finite, row-aligned [rows, dim] float32 array, or a StoreError.
+  """The complete, finite, row-aligned, checksum-clean [rows, dim] float32 array.
 
   Args:
     root, dataset, split, kind, model: the array's address (see `array_dir`).
@@ -716,6 +880,8 @@ def read_array(
   Raises:
     StoreError: the array is missing or incomplete, its rows differ from another model's,
       or it holds non-finite values.
+    CorruptDataError: a chunk fails its checksum, is truncated or is missing (the message
+      names the array, the chunk and its rows).
   """
   path, meta, arr = open_complete(root, dataset, split, kind, model)
   if check_alignment:
@@ -748,6 +914,7 @@ def read_models(
 
   Raises:
     StoreError: no arrays, or one fails `read_array`'s checks.
+    CorruptDataError: a chunk of one fails to read (see `read_array`).
   """
   models = list(models) if models else list_models(root, dataset, split, kind)
   if not models:
@@ -850,3 +1017,203 @@ def write_rows(
       last = now
   writer.finish(final_meta() if final_meta else None)
   return writer
+
+
+@dataclasses.dataclass
+class ArrayReport:
+  """What `verify` found in one array.
+
+  Attributes:
+    name: `<dataset>/<split>/<kind>/<model dir>`, the array's path under the store root.
+    location: the array's directory (a path, or a URL under a URL root).
+    problems: why the array is bad, one reason each; empty when it is good.
+    warnings: what is worth knowing but leaves it good ("no checksum").
+  """
+
+  name: str
+  location: str
+  problems: list[str] = dataclasses.field(default_factory=list)
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def ok(self) -> bool:
+    """Whether the array is good (warnings allowed)."""
+    return not self.problems
+
+
+def find_arrays(root, dataset: str | None = None) -> list[str]:
+  """Every array directory of a store: those holding a meta.json or a zarr.json.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: only this dataset's arrays; None: every dataset's.
+
+  Returns:
+    The arrays' names, `<dataset>/<split>/<kind>/<model dir>`, sorted.
+  """
+  base = _loc(root, *([dataset] if dataset else []))
+  depth = 3 if dataset else 4  # directories between `base` and the array's files
+  if isinstance(base, _Url):
+    keys = [k.decode() for k in base.kv.list().result()] if not base.key else base.keys()
+  else:
+    keys = [
+        str(p.relative_to(base).as_posix())
+        for name in ("meta.json", "zarr.json")
+        for p in base.glob("/".join(["*"] * depth + [name]))
+    ]
+  names = {
+      "/".join(([dataset] if dataset else []) + k.split("/")[:depth])
+      for k in keys
+      if k.count("/") == depth and k.rsplit("/", 1)[-1] in ("meta.json", "zarr.json")
+  }
+  return sorted(names)
+
+
+def _check_chunks(rep: ArrayReport, zarr_meta: dict, meta: dict, arr, window: int = 4) -> None:
+  """Reads every chunk of a complete array (`window` in flight): checksums and finite values."""
+  b, n = meta["block_rows"], meta["n_rows"]
+  pending: collections.deque = collections.deque()
+  bad_chunks, nonfinite, n_nonfinite = [], [], 0
+
+  def take() -> None:
+    nonlocal n_nonfinite
+    k, fut = pending.popleft()
+    try:
+      x = np.asarray(fut.result(), np.float32)
+    except ValueError as e:
+      bad_chunks.append(_chunk_problem(zarr_meta, meta, k, e))
+      return
+    rows = np.flatnonzero(~np.isfinite(x).all(axis=1)) + k * b
+    n_nonfinite += len(rows)
+    nonfinite.extend(rows[: 5 - len(nonfinite)].tolist())
+
+  for c in range(-(-n // b)):
+    pending.append((c, arr[c * b : min((c + 1) * b, n)].read()))
+    if len(pending) > window:
+      take()
+  while pending:
+    take()
+  rep.problems.extend(bad_chunks[:10])
+  if len(bad_chunks) > 10:
+    rep.problems.append(f"… and {len(bad_chunks) - 10} more bad chunks ({len(bad_chunks)} in all)")
+  if n_nonfinite:
+    rep.problems.append(
+        f"non-finite values (NaN/Inf) in {n_nonfinite} rows: {nonfinite}"
+        f"{' …' if n_nonfinite > 5 else ''}"
+    )
+
+
+def _check_array(root, name: str) -> tuple[ArrayReport, dict | None]:
+  """Checks one array (everything but alignment): its report and meta.json (None if unreadable)."""
+  path = _loc(root, *name.split("/"))
+  rep = ArrayReport(name, str(path))
+  metas = {}
+  for f in ("meta.json", "zarr.json", "progress.json"):
+    try:
+      metas[f] = _read_json(path / f)
+    except ValueError as e:  # json.JSONDecodeError
+      rep.problems.append(f"{f} is unreadable ({e})")
+      metas[f] = None
+    else:
+      if metas[f] is None and f != "progress.json":
+        rep.problems.append(f"{f} is missing")
+  meta, zarr_meta = metas["meta.json"], metas["zarr.json"]
+  try:
+    n, dim = int(meta["n_rows"]), int(meta["dim"])
+    int(meta["block_rows"])
+  except (KeyError, TypeError, ValueError):
+    if meta is not None:
+      rep.problems.append("meta.json lacks n_rows, dim or block_rows")
+    return rep, None
+  if zarr_meta is None:
+    return rep, meta
+  committed = (metas["progress.json"] or {}).get("committed_rows", 0)
+  if not meta.get("complete") or committed != n:
+    rep.problems.append(
+        f"incomplete: meta says complete={bool(meta.get('complete'))}, {committed}/{n} rows "
+        "committed; rerun the embedding to finish it"
+    )
+  if not has_checksum(zarr_meta):
+    rep.warnings.append(
+        "no checksum: written before chunks carried a crc32c, so a flipped bit goes "
+        "undetected; re-embed (--overwrite) to add checksums"
+    )
+  shape = zarr_meta.get("shape")
+  if shape != [n, dim] or zarr_meta.get("data_type") != meta.get("dtype"):
+    rep.problems.append(
+        f"zarr.json says shape {shape} {zarr_meta.get('data_type')}, meta.json "
+        f"[{n}, {dim}] {meta.get('dtype')}"
+    )
+  if rep.problems:  # incomplete or inconsistent: its chunks are not all there to read
+    return rep, meta
+  try:
+    arr = _open_ts(path, strict=True)
+  except ValueError as e:
+    rep.problems.append(f"cannot open the array: {' '.join(str(e).split())}")
+    return rep, meta
+  _check_chunks(rep, zarr_meta, meta, arr)
+  return rep, meta
+
+
+def _check_alignment(group: list[tuple[ArrayReport, dict]]) -> None:
+  """Flags arrays of one dataset/split/kind whose rows differ from the others'.
+
+  The rows (`rows_digest`, `n_rows`) held by the most arrays are the reference; on a tie
+  for the most, every array is flagged.
+  """
+  by_rows = collections.defaultdict(list)
+  for rep, meta in group:
+    by_rows[meta.get("rows_digest"), meta["n_rows"]].append(rep.name)
+  if len(by_rows) < 2:
+    return
+  counts = sorted((len(v) for v in by_rows.values()), reverse=True)
+  ref = max(by_rows, key=lambda k: len(by_rows[k])) if counts[0] > counts[1] else None
+  for rep, meta in group:
+    mine = (meta.get("rows_digest"), meta["n_rows"])
+    if mine == ref:
+      continue
+    others = "; ".join(
+        f"{str(d)[:12]}… ({r} rows) in {', '.join(by_rows[d, r])}"
+        for d, r in by_rows
+        if (d, r) != mine
+    )
+    rep.problems.append(
+        f"rows misaligned across models: row-text digest {str(mine[0])[:12]}… ({mine[1]} rows) "
+        f"differs from {others} (different data, cap or chunker)"
+    )
+
+
+def verify(root, dataset: str | None = None) -> list[ArrayReport]:
+  """Checks every array of a store (experiments/verify_store.py).
+
+  Each array must be complete (meta.json says so, progress and zarr.json agree on its
+  rows), every chunk must read (checksum, length, present) and hold only finite values,
+  and its rows (`rows_digest`, `n_rows`) must be those of every other model's array on
+  the same dataset/split/kind. Arrays written before checksums pass with a warning.
+
+  Args:
+    root: the store root, a directory or a kvstore URL.
+    dataset: only this dataset's arrays; None: every dataset's.
+
+  Returns:
+    One report per array, in `find_arrays` order.
+
+  Raises:
+    InputError: there are no arrays under the root (or the dataset).
+  """
+  names = find_arrays(root, dataset)
+  if not names:
+    where = _loc(root, *([dataset] if dataset else []))
+    raise InputError(f"{where}: no arrays (no <dataset>/<split>/<kind>/<model>/meta.json)")
+  checked = []
+  for name in names:
+    logging.info("checking %s", name)
+    rep, meta = _check_array(root, name)
+    checked.append((rep, meta))
+  groups = collections.defaultdict(list)
+  for rep, meta in checked:
+    if meta is not None:
+      groups[rep.name.rsplit("/", 1)[0]].append((rep, meta))
+  for group in groups.values():
+    _check_alignment(group)
+  return [rep for rep, _ in checked]
