@@ -9,9 +9,9 @@ are identical for every model. See lead_jax/pipeline/embed.py.
 """
 
 import _cli
-from absl import app, flags
+from absl import flags
 
-from lead_jax import data, pipeline, store
+from lead_jax import pipeline, store
 from lead_jax.encoders import openai_encoder
 
 API_KEY = flags.DEFINE_string(
@@ -21,12 +21,8 @@ API_KEY = flags.DEFINE_string(
 
 def main(argv):
   del argv
-  try:
-    res = pipeline.run_stage(_cli.study_config(), "embed", openai_api_key=API_KEY.value)
-  except (data.DataError, store.StoreError, openai_encoder.OpenAIEmbeddingError) as e:
-    raise SystemExit(f"error: {e}") from None
-  _cli.print_json(res)
+  _cli.print_json(pipeline.run_stage(_cli.study_config(), "embed", openai_api_key=API_KEY.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, (store.StoreError, openai_encoder.OpenAIEmbeddingError))

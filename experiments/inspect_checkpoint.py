@@ -10,7 +10,8 @@ or a closed-form run (`stitches/` + `stitches.json`). Without --pairs / --export
 every run under --dir with its steps. See lead_jax/pipeline/inspect.py.
 """
 
-from absl import app, flags
+import _cli
+from absl import flags
 
 from lead_jax.pipeline import inspect
 
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

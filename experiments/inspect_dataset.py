@@ -3,26 +3,18 @@
     .venv/bin/python experiments/inspect_dataset.py --dataset=wordnet
     .venv/bin/python experiments/inspect_dataset.py --dataset=/data/beir/scifact --config.data.max_docs=5000
 
-Prints per-split detail, then one JSON object as its last line. Bad input exits
-non-zero with the offending file and line.
+Prints per-split detail, then one JSON object as its last line. Bad input prints one
+`error: …` line naming the offending file and line, and exits with status 2.
 """
 
-import sys
-
 import _cli
-from absl import app
 
-from lead_jax import data
 from lead_jax.pipeline import inspect
 
 
 def main(argv):
   del argv
-  try:
-    stats = inspect.dataset_stats(_cli.study_config())
-  except data.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  stats = inspect.dataset_stats(_cli.study_config())
   for name, s in stats["splits"].items():
     print(
         f"{stats['dataset']}/{name}: {s['docs']} docs -> {s['chunks']} chunks, "
@@ -32,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

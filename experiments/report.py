@@ -6,7 +6,6 @@ Writes <out>/report/index.html, PNG figures, CSV tables and summary.txt.
 """
 
 import _cli
-from absl import app
 
 from lead_jax import pipeline
 
@@ -17,4 +16,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -13,7 +13,7 @@ every worker with the same flags; see docs/tpu.md.
 """
 
 import _cli
-from absl import app, flags
+from absl import flags
 
 from lead_jax import pipeline
 
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

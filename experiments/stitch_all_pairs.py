@@ -8,7 +8,6 @@ lead_jax/pipeline/closed_form.py.
 """
 
 import _cli
-from absl import app
 
 from lead_jax import pipeline
 
@@ -19,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

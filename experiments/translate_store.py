@@ -9,7 +9,6 @@ resumable, provenance-stamped array: see lead_jax/pipeline/translate.py.
 """
 
 import _cli
-from absl import app
 
 from lead_jax import pipeline
 
@@ -20,4 +19,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -24,6 +24,9 @@ from lead_jax.layout import RunLayout
 from lead_jax.similarity.gram import CONTROL_NAME
 
 R2 = "r2_vw"  # variance-weighted R²: the per-dimension average explodes on near-constant dims
+_CKA = "How alike are the spaces? (CKA)"
+_Q2 = "2. How much does depth or nonlinearity help?"
+_RETRIEVAL = "Does retrieval survive the stitch?"
 
 
 def _short(name: str) -> str:
@@ -102,21 +105,24 @@ class Report:
     self.figures.append(name)
     return f'<img src="{name}" alt="{name}">'
 
-  def table(self, name, df: pd.DataFrame, show=True) -> str:
+  def table(self, name, title, df: pd.DataFrame, show=True) -> str:
     """Writes a table as `<out>/<name>.csv`.
 
     Args:
       name: the CSV file stem.
+      title: the table's caption (escaped).
       df: the table.
       show: also return it as HTML.
 
     Returns:
-      The table's HTML, or "" when not `show`.
+      The table's HTML, its title as `<caption>`, or "" when not `show`.
     """
     df.to_csv(self.out / f"{name}.csv", index=False)
     if not show:
       return ""
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
+    tab = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="t")
+    head, rest = tab.split(">", 1)  # after the opening <table …>
+    return f"{head}>\n<caption>{html.escape(title)}</caption>{rest}"
 
   def section(self, title, *parts):
     """Appends a section to the page.
@@ -171,13 +177,39 @@ class Report:
       ]
       ridge = val[(val.method == "ridge") & val.chosen.astype(bool)]
       self.ridge = ridge
+      self.ctrl = val[val.method.isin(["train_mean", "zero"]) & val.target.isin(self.models)]
+      self.pair = self.between_models(ridge[ridge.metric == R2])
     return self
+
+  def between_models(self, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `df` whose source and target are both models (no control).
+
+    Args:
+      df: a results table.
+
+    Returns:
+      Its rows between two of `self.models`.
+    """
+    return df[df.source.isin(self.models) & df.target.isin(self.models)]
+
+  def control_mean(self, method: str, metric: str) -> float:
+    """A control's val `metric`, averaged over the targets.
+
+    Args:
+      method: `train_mean` or `zero`.
+      metric: the metric.
+
+    Returns:
+      The mean.
+    """
+    c = self.ctrl
+    return c[(c.method == method) & (c.metric == metric)].value.mean()
 
   # ------------------------------------------------------------------ sections
   def cka_section(self):
     """The CKA heatmaps, the control comparison and the debiased CKA table."""
     if self.cka is None:
-      return self.section("CKA", self.p("No similarity stage output."))
+      return self.section(_CKA, self.p("No similarity stage output."))
     names = [str(n) for n in self.cka["names"]]
     f, axs = self.plt.subplots(1, 2, figsize=(11, 4.6))
     _heatmap(axs[0], self.cka["linear"], names, names, "linear CKA", vmin=0, vmax=1)
@@ -196,19 +228,30 @@ class Report:
         f"CKA: mean linear {lin[:m, :m][off].mean():.3f}, debiased {deb[:m, :m][off].mean():.3f}; "
         f"Gaussian control {lin[:m, -1].mean():.3f} / {deb[:m, -1].mean():.4f}"
     )
-    tab = pd.DataFrame(deb, columns=names).assign(model=names)[["model"] + names]
+    tabs = {
+        kind: pd.DataFrame(mat, columns=names).assign(model=names)[["model"] + names]
+        for kind, mat in (("linear", lin), ("debiased", deb))
+    }
     self.section(
-        "How alike are the spaces? (CKA)", img, self.p(text), self.table("cka_debiased", tab)
+        _CKA,
+        img,
+        self.p(text),
+        self.table("cka_linear", "Linear CKA between every pair of spaces", tabs["linear"]),
+        self.table(
+            "cka_debiased",
+            "Debiased CKA between every pair of spaces (chance is 0)",
+            tabs["debiased"],
+        ),
     )
 
-  def stitch_section(self):
-    """Questions 1, 3, 4 and 5: mappability, asymmetry, rotations, mean estimators."""
+  def mappable_section(self):
+    """Question 1: are the spaces linearly mappable (ridge against the controls)?"""
+    title = "1. Are the spaces linearly mappable?"
     if self.cf is None:
-      return self.section("Stitches", self.p("No closed-form stage output."))
-    val, ridge, models = self.val, self.ridge, self.models
+      return self.section(title, self.p("No closed-form stage output."))
+    ridge, models, ctrl, pair = self.ridge, self.models, self.ctrl, self.pair
     srcs = models + [CONTROL_NAME]
     rows = srcs + ["train_mean", "zero"]
-    ctrl = val[val.method.isin(["train_mean", "zero"]) & val.target.isin(models)]
 
     def grid(metric):
       g = _pivot(ridge[ridge.metric == metric], srcs, models)
@@ -229,18 +272,12 @@ class Report:
         axs[1], r2.values, rows, models, "val R² (variance-weighted) + controls", vmin=-0.2, vmax=1
     )
     img = self.fig("stitch_quality.png", f)
-    pair = ridge[(ridge.metric == R2) & ridge.source.isin(models) & ridge.target.isin(models)]
     mean_r2 = pair.value.mean()
-    tm = ctrl[(ctrl.method == "train_mean") & (ctrl.metric == R2)].value.mean()
-    zr = ctrl[(ctrl.method == "zero") & (ctrl.metric == R2)].value.mean()
+    tm, zr = self.control_mean("train_mean", R2), self.control_mean("zero", R2)
     gs = ridge[(ridge.metric == R2) & (ridge.source == CONTROL_NAME)].value.mean()
     ret_txt = ""
     if self.stitched is not None:
-      st = self.stitched[
-          (self.stitched.method == "ridge")
-          & self.stitched.source.isin(models)
-          & self.stitched.target.isin(models)
-      ]
+      st = self.between_models(self.stitched[self.stitched.method == "ridge"])
       if len(st):
         ret_txt = (
             f" In retrieval, ridge-stitched corpora keep {st['retention_ndcg@10'].mean():.1%} of the "
@@ -255,11 +292,8 @@ class Report:
         f"for a Gaussian source stitched the same way." + ret_txt
     )
     self.summary.append(q1)
-    mse_mean = ridge[
-        (ridge.metric == "mse") & ridge.source.isin(models) & ridge.target.isin(models)
-    ].value.mean()
-    zero_mse = ctrl[(ctrl.method == "zero") & (ctrl.metric == "mse")].value.mean()
-    tm_mse = ctrl[(ctrl.method == "train_mean") & (ctrl.metric == "mse")].value.mean()
+    mse_mean = self.between_models(ridge[ridge.metric == "mse"]).value.mean()
+    zero_mse, tm_mse = self.control_mean("zero", "mse"), self.control_mean("train_mean", "mse")
     blog = (
         f'Where we differ from the blog: its "mean estimator" row had MSE 1/d for unit vectors, which is '
         f"the zero predictor (here mean MSE {zero_mse:.2e}). The true mean estimator predicts the train mean "
@@ -274,16 +308,25 @@ class Report:
         .reset_index()
     )
     self.section(
-        "Are the spaces linearly mappable?",
+        title,
         img,
         self.p(q1),
         self.p(blog),
-        self.table("ridge_r2", tab),
+        self.table(
+            "ridge_r2",
+            "Val R² (variance-weighted) of the ridge stitches at the chosen λ: source (rows) → "
+            "target (columns)",
+            tab,
+        ),
     )
 
-    # 3. asymmetry
+  def asymmetry_section(self):
+    """Question 3: is mapping from the larger space easier than into it?"""
+    if self.cf is None:
+      return
+    ridge, models = self.ridge, self.models
     dims = dict(zip(ridge.source, ridge.source_dim)) | dict(zip(ridge.target, ridge.target_dim))
-    r2m = pair.set_index(["source", "target"]).value
+    r2m = self.pair.set_index(["source", "target"]).value
     asym = []
     for i, a in enumerate(models):
       for b in models[i + 1 :]:
@@ -301,84 +344,96 @@ class Report:
               }
           )
     asym = pd.DataFrame(asym)
-    if len(asym):
-      strict = asym[asym.d_large > asym.d_small]
-      wins = int((strict["diff"] > 0).sum())
-      q3 = (
-          f"3. Is large→small easier than small→large? Over {len(strict)} pairs of unequal width, "
-          f"large→small has the higher R² in {wins} (mean difference {strict['diff'].mean():+.3f}): "
-          + (
-              "mapping from the larger space is easier here."
-              if 2 * wins > len(strict)
-              else "here the larger space is not the easier source."
-          )
-          if len(strict)
-          else "3. All models have equal width; see the table for direction effects."
-      )
-      self.summary.append(q3)
-      self.section(
-          "Is large→small easier than small→large?", self.p(q3), self.table("asymmetry", asym)
-      )
+    if not len(asym):
+      return
+    strict = asym[asym.d_large > asym.d_small]
+    wins = int((strict["diff"] > 0).sum())
+    q3 = (
+        f"3. Is large→small easier than small→large? Over {len(strict)} pairs of unequal width, "
+        f"large→small has the higher R² in {wins} (mean difference {strict['diff'].mean():+.3f}): "
+        + (
+            "mapping from the larger space is easier here."
+            if 2 * wins > len(strict)
+            else "here the larger space is not the easier source."
+        )
+        if len(strict)
+        else "3. All models have equal width; see the table for direction effects."
+    )
+    self.summary.append(q3)
+    self.section(
+        "3. Is large→small easier than small→large?",
+        self.p(q3),
+        self.table(
+            "asymmetry",
+            "Val R² of the ridge stitches in each direction, per pair of models (larger first)",
+            asym,
+        ),
+    )
 
-    # 4. rotations
-    pro = val[
-        (val.method == "procrustes")
-        & (val.metric == R2)
-        & val.source.isin(models)
-        & val.target.isin(models)
-    ]
-    orth = ridge[
-        (ridge.metric == "orth_dev") & ridge.source.isin(models) & ridge.target.isin(models)
-    ]
+  def rotation_section(self):
+    """Question 4: are the stitches rotations (Procrustes, distance from orthogonal, spectra)?"""
+    if self.cf is None:
+      return
+    val, ridge, pair = self.val, self.ridge, self.pair
+    pro = self.between_models(val[(val.method == "procrustes") & (val.metric == R2)])
+    orth = self.between_models(ridge[ridge.metric == "orth_dev"])
     spectra_img = self.spectra_figure()
-    if len(pro):
-      rot = pro.value.mean() >= mean_r2 - 0.02 and orth.value.mean() < 0.1
-      q4 = (
-          f"4. Are the stitches rotations? {'Nearly' if rot else 'No'}: orthogonal Procrustes reaches a "
-          f"mean val R² of {pro.value.mean():.3f} against {mean_r2:.3f} for ridge, and the ridge maps' "
-          f"distance from orthogonal is ‖WᵀW − I‖_F/‖I‖_F = {orth.value.mean():.3f} on average "
-          f"(range {orth.value.min():.3f}–{orth.value.max():.3f}; 0 for a rotation). The spectra "
-          f"figure shows their singular values against 1."
-      )
-      self.summary.append(q4)
-      self.section(
-          "Are the stitches rotations?",
-          spectra_img,
-          self.p(q4),
-          self.table(
-              "procrustes_vs_ridge",
-              pd.DataFrame(
-                  {
-                      "source": pro.source.values,
-                      "target": pro.target.values,
-                      "procrustes_r2": pro.value.values,
-                  }
-              ).merge(pair[["source", "target", "value"]].rename(columns={"value": "ridge_r2"})),
-          ),
-      )
-    # 5. mean estimators
-    br = ridge[
-        (ridge.metric == "bias_ratio") & ridge.source.isin(models) & ridge.target.isin(models)
-    ]
-    if len(br):
-      gain = mean_r2 - tm
-      q5 = (
-          f"5. Are the stitches secretly mean estimators? {'No' if gain > 0.05 else 'Largely'}: "
-          f"‖b‖/‖μ_B‖ averages {br.value.mean():.3f} (range {br.value.min():.3f}–{br.value.max():.3f}), so "
-          f"the bias carries most of the target mean, and the stitches beat the train-mean estimator's R² "
-          f"of {tm:.3f} by {gain:+.3f} on average; that margin is what W adds beyond the mean."
-      )
-      self.summary.append(q5)
-      self.section(
-          "Are the stitches secretly mean estimators?",
-          self.p(q5),
-          self.table(
-              "bias_ratio",
-              br[["source", "target", "value"]].rename(
-                  columns={"value": "bias_norm_over_target_mean_norm"}
-              ),
-          ),
-      )
+    if not len(pro):
+      return
+    mean_r2 = pair.value.mean()
+    rot = pro.value.mean() >= mean_r2 - 0.02 and orth.value.mean() < 0.1
+    q4 = (
+        f"4. Are the stitches rotations? {'Nearly' if rot else 'No'}: orthogonal Procrustes reaches a "
+        f"mean val R² of {pro.value.mean():.3f} against {mean_r2:.3f} for ridge, and the ridge maps' "
+        f"distance from orthogonal is ‖WᵀW − I‖_F/‖I‖_F = {orth.value.mean():.3f} on average "
+        f"(range {orth.value.min():.3f}–{orth.value.max():.3f}; 0 for a rotation). The spectra "
+        f"figure shows their singular values against 1."
+    )
+    self.summary.append(q4)
+    self.section(
+        "4. Are the stitches rotations?",
+        spectra_img,
+        self.p(q4),
+        self.table(
+            "procrustes_vs_ridge",
+            "Val R² (variance-weighted) of orthogonal Procrustes and of ridge, per ordered pair",
+            pd.DataFrame(
+                {
+                    "source": pro.source.values,
+                    "target": pro.target.values,
+                    "procrustes_r2": pro.value.values,
+                }
+            ).merge(pair[["source", "target", "value"]].rename(columns={"value": "ridge_r2"})),
+        ),
+    )
+
+  def mean_estimator_section(self):
+    """Question 5: are the stitches secretly mean estimators (bias against the target mean)?"""
+    if self.cf is None:
+      return
+    br = self.between_models(self.ridge[self.ridge.metric == "bias_ratio"])
+    if not len(br):
+      return
+    tm = self.control_mean("train_mean", R2)
+    gain = self.pair.value.mean() - tm
+    q5 = (
+        f"5. Are the stitches secretly mean estimators? {'No' if gain > 0.05 else 'Largely'}: "
+        f"‖b‖/‖μ_B‖ averages {br.value.mean():.3f} (range {br.value.min():.3f}–{br.value.max():.3f}), so "
+        f"the bias carries most of the target mean, and the stitches beat the train-mean estimator's R² "
+        f"of {tm:.3f} by {gain:+.3f} on average; that margin is what W adds beyond the mean."
+    )
+    self.summary.append(q5)
+    self.section(
+        "5. Are the stitches secretly mean estimators?",
+        self.p(q5),
+        self.table(
+            "bias_ratio",
+            "‖b‖ / ‖μ_B‖: the norm of each ridge stitch's bias over its target's train-mean norm",
+            br[["source", "target", "value"]].rename(
+                columns={"value": "bias_norm_over_target_mean_norm"}
+            ),
+        ),
+    )
 
   def spectra_figure(self):
     """The singular-value spectra of the saved ridge stitches (control pairs left out).
@@ -408,7 +463,7 @@ class Report:
   def retrieval_section(self):
     """The nDCG@10 retention heatmap, native retrieval and overlap tables."""
     if self.stitched is None or self.native is None:
-      return self.section("Retrieval", self.p("No retrieval stage output."))
+      return self.section(_RETRIEVAL, self.p("No retrieval stage output."))
     st = self.stitched[self.stitched.method == "ridge"]
     models = self.models if self.cf is not None else sorted(set(st.target))
     srcs = models + [CONTROL_NAME]
@@ -435,17 +490,30 @@ class Report:
     parts = [
         img,
         self.p(text),
-        self.table("native_retrieval", nat),
-        self.table("retention", g.reset_index()),
+        self.table("native_retrieval", "Native retrieval of each model on its own corpus", nat),
+        self.table(
+            "retention",
+            "nDCG@10 retention of ridge-stitched corpora (stitched / native): source (rows) → "
+            "target (columns)",
+            g.reset_index(),
+        ),
     ]
     if self.overlap is not None:
-      parts.append(self.table("overlap", self.overlap, show=True))
-    self.section("Does retrieval survive the stitch?", *parts)
+      parts.append(
+          self.table(
+              "overlap",
+              "Overlap of the models' native rankings (Jaccard@k, RankSim@k) and mutual-kNN@k of "
+              "their corpus rows",
+              self.overlap,
+              show=True,
+          )
+      )
+    self.section(_RETRIEVAL, *parts)
 
   def mlp_section(self):
     """Question 2: the depth curve and the MLP loss curves."""
     if self.mlp is None:
-      return self.section("MLP stitches", self.p("No MLP stage output."))
+      return self.section(_Q2, self.p("No MLP stage output."))
     val = self.mlp[self.mlp.fold == "val"] if "fold" in self.mlp else self.mlp
     mlp_rows = val[val.method.str.startswith("mlp_")]
     models = self.models if self.cf is not None else sorted(set(mlp_rows.target))
@@ -502,7 +570,15 @@ class Report:
       )
     self.summary.append(q2)
     self.section(
-        "How much does depth or nonlinearity help?", img, self.p(q2), self.table("depth", by_depth)
+        _Q2,
+        img,
+        self.p(q2),
+        self.table(
+            "depth",
+            "Val R² (variance-weighted) of the MLP stitches by depth: mean, min and max over "
+            "ordered pairs",
+            by_depth,
+        ),
     )
 
   # ------------------------------------------------------------------ output
@@ -513,13 +589,22 @@ class Report:
       The index.html path.
     """
     self.load()
-    for s in (self.cka_section, self.stitch_section, self.mlp_section, self.retrieval_section):
+    for s in (  # the study's questions in order, between CKA and retrieval
+        self.cka_section,
+        self.mappable_section,  # 1
+        self.mlp_section,  # 2
+        self.asymmetry_section,  # 3
+        self.rotation_section,  # 4
+        self.mean_estimator_section,  # 5
+        self.retrieval_section,
+    ):
       s()
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
         "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
         "table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}"
         "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+        "table.t caption{text-align:left;font-weight:bold;padding:4px 0}"
     )
     info = {}
     rj = self.layout.closed_form / "run.json"

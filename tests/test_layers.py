@@ -13,7 +13,7 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "lead_jax"
 LAYERS = [
-    {"config", "errors", "files", "numerics", "distributed", "layout"},
+    {"config", "errors", "files", "logs", "numerics", "distributed", "layout"},
     {"data"},
     {"encoders"},
     {"store"},

@@ -79,6 +79,35 @@ def test_smoke_run_all_produces_every_output_and_skips_on_rerun(tiny_run):
   }
 
 
+def test_report_reads_in_question_order_and_every_table_has_a_title(tiny_run):
+  out, res = tiny_run
+  page = (out / "report" / "index.html").read_text()
+  headings = re.findall(r"<h2>(.*?)</h2>", page)
+  numbers = [int(m.group(1)) for h in headings if (m := re.match(r"(\d+)\. ", h))]
+  assert numbers == [1, 2, 3, 4, 5], headings  # every question, in order
+  assert "CKA" in headings[0] and "retrieval" in headings[-1], headings
+  tables = re.findall(r"<table.*?</table>", page, re.S)
+  assert len(tables) >= 9, len(tables)
+  captions = [re.search(r"<caption>(.+?)</caption>", t, re.S) for t in tables]
+  assert all(captions), [t[:200] for t, c in zip(tables, captions) if not c]
+  titles = [c.group(1) for c in captions]
+  assert titles[0].startswith("Linear CKA") and titles[1].startswith("Debiased CKA"), titles
+  assert len(set(titles)) == len(titles), titles
+  # summary.txt (printed at the end of run_all) follows the same order
+  summary = (out / "report" / "summary.txt").read_text().splitlines()
+  assert [int(line[0]) for line in summary if line[:1].isdigit()] == [1, 2, 3, 4, 5], summary
+  assert res.stdout.index("\n1. Are the spaces") < res.stdout.index("\n2. How much does depth")
+
+
+def test_run_all_console_is_quiet(tiny_run):
+  _, res = tiny_run
+  log = res.stderr
+  assert "orbax" not in log.lower() and "checkpoint_manager" not in log, log[-3000:]
+  assert "=== stage 4/6: mlp" in log and "[report] done in" in log
+  assert re.search(r"retrieval closed_form: \d+/\d+ stitches, [\d.]+ stitches/s, in ", log), log
+  assert len(log.splitlines()) < 60, log
+
+
 def _chromium():
   for name in ("chromium", "chromium-browser", "google-chrome"):
     if shutil.which(name):

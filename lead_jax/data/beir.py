@@ -27,11 +27,13 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from lead_jax.errors import InputError
+
 WORDNET_DIR = pathlib.Path(__file__).resolve().parent / "wordnet"
 SPLITS = ("train", "val")
 
 
-class DataError(ValueError):
+class DataError(InputError):
   """Bad input data; the message names the file and line."""
 
 

@@ -7,7 +7,7 @@ import time
 import jax.numpy as jnp
 from absl import logging
 
-from lead_jax import data, store
+from lead_jax import data, logs, store
 from lead_jax.config import StudyConfig
 from lead_jax.layout import RunLayout
 
@@ -127,6 +127,7 @@ def run(cfg: StudyConfig, layout: RunLayout, openai_api_key: str | None = None) 
           block_rows=cfg.embed.block_rows,
           overwrite=cfg.embed.overwrite,
           final_meta=final,
+          log_every_s=logs.EVERY_S,  # the store logs the progress lines (rows/s, ETA)
       )
     summary[name] = {"seconds": round(time.time() - t0, 1), "rows": sum(len(r) for r in pending)}
   return summary

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lead_jax import data, files, store
+from lead_jax import data, files, logs, store
 from lead_jax.config import StudyConfig
 from lead_jax.eval import retrieval as R
 from lead_jax.layout import RunLayout
@@ -208,9 +208,12 @@ def stitched_table(ctx: Context, stitch_dirs) -> tuple[pd.DataFrame, dict]:
       continue
     run_json = files.read_json(d / "run.json", missing_ok=True) or {}
     control_seed = run_json.get("seed", ctx.cfg.control.seed)
+    progress = logs.Progress(f"retrieval {d.name}", len(stitches), "stitches")
+    retention = {}
     for st in stitches:
       x = _stitch_inputs(ctx, st, control_seed)
       if x is None:
+        progress.update()
         continue
       pred = st.apply(x)
       met, ids = ctx.retrieve(pred, ctx.Q[st.target])
@@ -237,6 +240,8 @@ def stitched_table(ctx: Context, stitch_dirs) -> tuple[pd.DataFrame, dict]:
       )
       rows.append(row)
       by_key[st.source, st.target, st.method, st.digest] = row
+      kind = "control" if st.source == gram.CONTROL_NAME else "pairs"
+      retention.setdefault(st.method, {}).setdefault(kind, []).append(row["retention_ndcg@10"])
       logging.info(
           "%s %s→%s: nDCG@10 %.4f (retention %.3f)",
           st.method,
@@ -244,6 +249,17 @@ def stitched_table(ctx: Context, stitch_dirs) -> tuple[pd.DataFrame, dict]:
           st.target,
           row["ndcg@10"],
           row["retention_ndcg@10"],
+          extra=logs.DETAIL,
+      )
+      progress.update()
+    for method, by in retention.items():
+      r, c = by.get("pairs", []), by.get("control", [])
+      logging.info(
+          "%s: nDCG@10 retention %s over %d model pairs%s",
+          method,
+          f"mean {np.mean(r):.3f} (min {np.min(r):.3f}, max {np.max(r):.3f})" if r else "-",
+          len(r),
+          f"; Gaussian control mean {np.mean(c):.3f}" if c else "",
       )
   for tgt in ctx.models:  # mean estimator: every row → the target's train mean; all docs tie
     mu = store.read_array(ctx.layout.store_root, ctx.name, "train", "corpus", tgt).mean(0)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 from absl import logging
 
-from lead_jax import data, numerics, store
+from lead_jax import data, logs, numerics, store
 from lead_jax.config import StudyConfig
 from lead_jax.layout import RunLayout
 from lead_jax.stitch import io as stitch_io
@@ -80,6 +80,7 @@ def run(cfg: StudyConfig, layout: RunLayout, stop_after_blocks: int | None = Non
       overwrite=t.overwrite,
   )
   t0, start0 = time.time(), w.committed_rows
+  progress = logs.Progress(f"translate {new}", n, "rows", start=start0)
   for done, start in enumerate(range(w.committed_rows, n, w.block_rows)):
     if stop_after_blocks is not None and done >= stop_after_blocks:
       return {"array": str(w.path), "committed_rows": w.committed_rows, "complete": False}
@@ -87,6 +88,7 @@ def run(cfg: StudyConfig, layout: RunLayout, stop_after_blocks: int | None = Non
     store.check_finite(x, str(path), start)
     y = st.apply(x)
     w.write(start, numerics.l2_normalize(y) if t.normalize else y)
+    progress.set(w.next_row)
   w.finish({"translate_seconds": round(time.time() - t0, 3)})
   logging.info("%s: %d rows (%d resumed) in %.2fs", w.path, n, start0, time.time() - t0)
   return {
