@@ -601,6 +601,8 @@ def all_pairs_step(
 ) -> tuple[dict, tuple[jax.Array, ...]]:
   """One optimisation step of every pair (`pair_update` vmapped per group).
 
+  A group whose pairs have all stopped early costs nothing (`lax.cond`).
+
   With a mesh, pairs are sharded over its `pairs` axis and each minibatch's rows over
   `data` (the gradient's mean over rows becomes a psum).
 
@@ -622,7 +624,15 @@ def all_pairs_step(
     xs, ys, src, tgt = _group_arrays(plan, g, train)
     x = gram_lib.constrain(xs[src[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_in]
     y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_out]
-    params, opt, loss = upd(gs["params"], gs["opt"], gs["best"]["active"], x, y)
+    active = gs["best"]["active"]
+    # A group whose pairs have all stopped early is skipped (its params and optimiser
+    # state are unchanged either way; its train loss reads NaN from then on).
+    params, opt, loss = jax.lax.cond(
+        jnp.any(active),
+        lambda a: upd(*a),
+        lambda a: (a[0], a[1], jnp.full(a[2].shape, jnp.nan, jnp.float32)),
+        (gs["params"], gs["opt"], active, x, y),
+    )
     groups.append({**gs, "params": params, "opt": opt})
     losses.append(loss)
   return {"step": state["step"] + 1, "groups": tuple(groups)}, tuple(losses)
