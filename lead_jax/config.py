@@ -77,6 +77,7 @@ class CkaConfig:
 
   split: str = "train"  # the split whose corpus rows are compared
   float64: bool = False  # compute in float64 (CPU)
+  exact_ols: bool = True  # λ = 0 metrics from float64 least squares on the rows
 
 
 @dataclasses.dataclass

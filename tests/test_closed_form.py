@@ -232,3 +232,16 @@ def test_saved_stitches_share_one_program_per_shape(tmp_path):
   stitch_io.find(saved, "b", "c").apply(xs[1][30:])  # 4 → 5 again: reused
   assert stitch_io._apply_affine._cache_size() == before + 1
   np.testing.assert_allclose(y, x @ ac.params["W"] + ac.params["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_exact_ols_switch():
+  """exact_ols=False takes λ = 0 from the Gram's pseudo-inverse, in the same program."""
+  xs = _data([6, 9], 80, seed=1)
+  tr, va = [x[:60].astype(np.float32) for x in xs], [x[60:].astype(np.float32) for x in xs]
+  a = cf.fit_all_pairs(tr, va, [0.0, 1.0], control_dim=None)
+  n = cf._fit_impl._cache_size()
+  b = cf.fit_all_pairs(tr, va, [0.0, 1.0], control_dim=None, exact_ols=False)
+  assert cf._fit_impl._cache_size() == n
+  ma, mb = np.asarray(a["ridge"]["mse"]), np.asarray(b["ridge"]["mse"])
+  np.testing.assert_allclose(mb, ma, rtol=1e-4)  # well conditioned: both are OLS
+  np.testing.assert_array_equal(mb[..., 1], ma[..., 1])  # λ > 0 untouched

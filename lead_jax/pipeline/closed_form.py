@@ -54,7 +54,9 @@ def run(cfg: StudyConfig, layout: RunLayout) -> dict:
   )
   t0 = time.time()
   mesh = _common.mesh(cfg)
-  kw = dict(control_dim=cfg.control.dim or None, seed=cfg.control.seed, mesh=mesh)
+  kw = dict(
+      control_dim=cfg.control.dim or None, seed=cfg.control.seed, exact_ols=c.exact_ols, mesh=mesh
+  )
   with _common.precision(c.float64):
     kw["dtype"] = _common.dtype(c.float64)
     fit = _common.on_engine(fit_all_pairs, train, val, lambdas=lambdas, **kw)

@@ -258,13 +258,19 @@ def _columns(layout: Layout, b: int) -> np.ndarray:
 
 
 def _ols_one(x, xv, y, yv, tmask, vmask):
-  """Val SSE per target column of min-norm least squares, one source, in x's dtype.
+  """Val SSE per target column of min-norm least squares, one source.
 
-  From a QR of the centred train rows and an SVD of R (the factorisation behind numpy's
-  `lstsq`, up to its bidiagonalisation), with lstsq's cutoff σ > eps·max(N, d)·σ_max:
-  directions whose variance is float32 rounding noise (dead dimensions) are kept and
-  fitted as the reference fits them, which no Gram-based solve can resolve. Train rows
-  with tmask 0 are left out (k-fold); val rows are weighted by vmask.
+  x, xv, tmask and vmask are float64; y and yv are the targets in the engine's dtype.
+  The source is factorised in float64, X̃ = QR (Householder QR, backward stable), so
+  directions whose variance is float32 rounding noise (dead dimensions, σ ratios ~1e-7)
+  are resolved and fitted as `numpy.linalg.lstsq` fits them, which no Gram-based solve
+  can do. With R well inside float64's range (every |R_ii| > eps64·max(N, d)·max|R_ii|)
+  W = R⁻¹ QᵀỸ by a triangular solve; otherwise (exactly dependent columns) from an SVD
+  of R with lstsq's cutoff σ > eps64·max(N, d)·σ_max, the minimum-norm solution. The
+  products with the targets (QᵀỸ and the val predictions, the FLOPs that scale with
+  ΣD) run in the targets' dtype with Q and W rounded to it: their rounding is relative
+  to each entry, not amplified by 1/σ. Train rows with tmask 0 are left out (k-fold);
+  val rows are weighted by vmask.
 
   Args:
     x: train rows [N, d].
@@ -275,17 +281,32 @@ def _ols_one(x, xv, y, yv, tmask, vmask):
     vmask: [n] val row weights.
 
   Returns:
-    Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T].
+    Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T], float64.
   """
+  lo = y.dtype
   ntr = jnp.sum(tmask)
-  mu_x, mu_y = tmask @ x / ntr, tmask @ y / ntr
+  mu_x = tmask @ x / ntr
+  mu_y = tmask.astype(lo) @ y / ntr.astype(lo)
   q, r = jnp.linalg.qr((x - mu_x) * tmask[:, None])
-  u, sig, vt = jnp.linalg.svd(r, full_matrices=False)
-  keep = sig > np.finfo(x.dtype).eps * max(x.shape) * sig[0]
-  inv = jnp.where(keep, 1.0 / jnp.where(keep, sig, 1.0), 0.0)
-  coef = inv[:, None] * (u.T @ (q.T @ ((y - mu_y) * tmask[:, None])))  # [k, T]
-  res = (yv - mu_y) - ((xv - mu_x) @ vt.T) @ coef
-  return vmask @ (res * res)
+  cut = np.finfo(x.dtype).eps * max(x.shape)
+  c = (q.astype(lo).T @ ((y - mu_y) * tmask.astype(lo)[:, None])).astype(x.dtype)  # [k, T]
+  dr = jnp.abs(jnp.diagonal(r))
+
+  def triangular(_):
+    return jax.scipy.linalg.solve_triangular(r, c, lower=False)
+
+  def min_norm(_):
+    u, sig, vt = jnp.linalg.svd(r, full_matrices=False)
+    keep = sig > cut * sig[0]
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, sig, 1.0), 0.0)
+    return vt.T @ (inv[:, None] * (u.T @ c))
+
+  if r.shape[0] == r.shape[1]:  # N ≥ d
+    w = jax.lax.cond(jnp.min(dr) > cut * jnp.max(dr), triangular, min_norm, None)  # [d, T]
+  else:  # N < d: rank ≤ N < d, always the minimum-norm solution
+    w = min_norm(None)
+  res = (yv - mu_y) - ((xv - mu_x).astype(lo) @ w.astype(lo))
+  return vmask.astype(lo) @ (res * res)
 
 
 @jax.jit
@@ -306,11 +327,10 @@ def _ols_exact(xs, xvs, y, yv, vidx, tmask, vmask):
   """
   f64 = lambda a: a.astype(jnp.float64)
   x, xv = jnp.stack([f64(a) for a in xs]), jnp.stack([f64(a) for a in xvs])
-  y, yv = f64(y), f64(yv)
 
   def fold(args):
     vi, tm, vm = args
-    one = lambda a: _ols_one(a[0], a[1][vi], y, yv[vi], f64(tm), f64(vm))
+    one = lambda a: _ols_one(a[0], a[1][vi], y, yv[vi], f64(tm), f64(vm)).astype(jnp.float64)
     return jax.lax.map(one, (x, xv))
 
   return jax.lax.map(fold, (vidx, tmask, vmask))
@@ -323,15 +343,15 @@ def _concat(xs):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _no_ols(shape, dtype):
-  """Zeros for the exact OLS when no λ is 0: a device array like the real one, so the
-  engine's compiled program is the same either way."""
-  return jnp.zeros(shape, dtype)
+  """NaN ("no exact value") in place of the exact OLS when it is not computed: a device
+  array like the real one, so the engine's compiled program is the same either way."""
+  return jnp.full(shape, jnp.nan, dtype)
 
 
 def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=None):
   """Per source group, the float64 OLS val SSE per target column ([F, m_a, T] in `dtype`).
 
-  Zeros when the λ-path has no 0. Without vidx/tmask/vmask: one split (F = 1, all rows).
+  NaN when the λ-path has no 0. Without vidx/tmask/vmask: one split (F = 1, all rows).
   """
   n, nv = int(np.shape(xs[0])[0]), int(np.shape(xvs[0])[0])
   if vidx is None:
@@ -420,8 +440,9 @@ def _path(st, eig, lambdas, layout, rcond, with_procrustes, ols, proj=None, yv=N
       ssew = t["ssy_w"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1w) + quadw
       cols = _columns(layout, b)
       exact = ols[a][:, cols].reshape(ols[a].shape[0], len(layout.groups[b][1]), d_b)
-      at0 = lambdas == 0
-      sse = jnp.where(at0, jnp.sum(exact, -1)[..., None].astype(sse.dtype), sse)
+      e_sse = jnp.sum(exact, -1)[..., None].astype(sse.dtype)
+      at0 = (lambdas == 0) & ~jnp.isnan(e_sse)  # NaN: no exact value (`_no_ols`)
+      sse = jnp.where(at0, e_sse, sse)
       ssew = jnp.where(at0, ein("abj,bj->ab", exact, t["w"])[..., None].astype(sse.dtype), ssew)
       res = {
           "path": metrics.sse_summaries(
@@ -724,6 +745,7 @@ def fit_all_pairs(
     procrustes: bool = True,
     spectra: bool = True,
     predictions: bool = True,
+    exact_ols: bool = True,
     mesh=None,
 ) -> dict:
   """Ridge λ-path, OLS (λ = 0), Procrustes and controls for every ordered pair.
@@ -742,6 +764,9 @@ def fit_all_pairs(
     procrustes: fit the Procrustes stitches (False turns them off).
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
     predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_one`);
+      False: from the engine-dtype pseudo-inverse of the Gram (cheaper; off by up to
+      ~1e-3 relative on real embeddings with dead dimensions).
     mesh: optional `jax.sharding.Mesh` with `data` and/or `pairs` axes
       (`lead_jax.distributed.make_mesh`): rows are sharded over `data` (Gram blocks
       become psums), per-pair solves and predictions over `pairs` (target members).
@@ -772,7 +797,7 @@ def fit_all_pairs(
       tuple(val),
       lam,
       _medians(val) if predictions else None,
-      _exact_ols(train, val, layout, lambdas, dtype),
+      _exact_ols(train, val, layout, lambdas if exact_ols else [1.0], dtype),
       layout=layout,
       rcond=rcond,
       procrustes=procrustes,
@@ -854,6 +879,7 @@ def cross_validate_all_pairs(
     procrustes: bool = True,
     spectra: bool = True,
     predictions: bool = True,
+    exact_ols: bool = True,
     mesh=None,
 ) -> dict:
   """k-fold CV of every metric of `fit_all_pairs`, from per-fold Grams.
@@ -874,6 +900,9 @@ def cross_validate_all_pairs(
     procrustes: fit the Procrustes stitches.
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
     predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
+    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_one`);
+      False: from the engine-dtype pseudo-inverse of the Gram (cheaper; off by up to
+      ~1e-3 relative on real embeddings with dead dimensions).
     mesh: optional mesh, as in `fit_all_pairs`.
 
   Returns:
@@ -898,7 +927,9 @@ def cross_validate_all_pairs(
       jnp.asarray(mask),
       lam,
       _fold_medians(xs, idx, mask) if predictions else None,
-      _exact_ols(xs, xs, layout, lambdas, dtype, vidx=idx, tmask=tmask, vmask=mask),
+      _exact_ols(
+          xs, xs, layout, lambdas if exact_ols else [1.0], dtype, vidx=idx, tmask=tmask, vmask=mask
+      ),
       layout=layout,
       rcond=rcond,
       procrustes=procrustes,
