@@ -77,7 +77,6 @@ class CkaConfig:
 
   split: str = "train"  # the split whose corpus rows are compared
   float64: bool = False  # compute in float64 (CPU)
-  exact_ols: bool = True  # λ = 0 metrics from float64 least squares on the rows
 
 
 @dataclasses.dataclass
@@ -88,6 +87,7 @@ class ClosedFormConfig:
   folds: int = 5  # k of k-fold CV on the train split; 0: none
   fold_seed: int = 0  # seed of the fold assignment
   float64: bool = False  # compute in float64 (CPU)
+  exact_ols: bool = True  # λ = 0 metrics from float64 least squares on the rows
 
 
 @dataclasses.dataclass
