@@ -20,9 +20,10 @@ One eigendecomposition C_AA = V diag(s) Vᵀ per *source* serves every target an
 
 The λ = 0 *path metrics* do not come from f_0: a float32 Gram cannot resolve real
 embeddings' dead dimensions (eigenvalue ratios < 1e-16) nor, with a k·eps32 cutoff,
-an ill-conditioned source. They come from float64 min-norm least squares on each
-source's rows (`_ols_one`: QR, then an SVD of R, lstsq's cutoff), one program per
-source width group; the chosen stitch at λ = 0, rarely chosen, is f_0's.
+an ill-conditioned source. They come from min-norm least squares on each source's rows
+factorised in float64 (`_ols_one`: QR, then a triangular solve, or an SVD of R with
+lstsq's cutoff when columns are dependent), one program per source width group; the
+chosen stitch at λ = 0, rarely chosen, is f_0's.
 
 When N < d_A the dual is cheaper: K = X̃X̃ᵀ = U diag(s) Uᵀ (N×N) and the nonzero
 eigenvectors of C_AA are V = X̃ᵀ U diag(s)^-½, so the same (V, s) interface holds with
@@ -311,7 +312,7 @@ def _ols_one(x, xv, y, yv, tmask, vmask):
 
 @jax.jit
 def _ols_exact(xs, xvs, y, yv, vidx, tmask, vmask):
-  """Float64 min-norm OLS val SSE per target column, one source group, per fold.
+  """Min-norm OLS val SSE per target column (float64 factorisation), one group, per fold.
 
   Args:
     xs: the group's members' train rows, a tuple of [N, d].
