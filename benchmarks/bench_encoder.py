@@ -2,22 +2,28 @@
 
     python benchmarks/bench_encoder.py            # all-MiniLM-L6-v2 and all-mpnet-base-v2, CPU, fp32, batch 64
     python benchmarks/bench_encoder.py --quick    # fewer batches
+    python benchmarks/bench_encoder.py --quick --max_isa=avx2   # both sides capped at AVX2
     python benchmarks/bench_encoder.py --gpu      # random bge-large config, bf16, seq 256: sequences/s and MFU
 
 CPU mode: both sides get identical token batches (length-sorted WordNet texts,
 padded to the batch's longest rounded up to 8), run forward + mean pooling +
 normalize, and are timed over all batches; the median of `--repeats` passes is
-reported. ratio = torch_s / flax_s (> 1 means Flax is faster). The last stdout
+reported. The Flax side compiles with the runner's XLA options (`runner.compiler_options`);
+the runner's packing is not used here (identical batches; see bench_embed.py for it). ratio = torch_s / flax_s (> 1 means Flax is faster). The last stdout
 line is the JSON summary.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def texts_for_bench(n: int) -> list[str]:
@@ -51,14 +57,15 @@ def bench_model(name: str, n_texts: int, batch: int, repeats: int) -> dict:
   import torch
   import transformers
 
-  from lead_jax.encoders import loader, registry
+  from lead_jax.encoders import loader, registry, runner
 
   torch.set_num_threads(os.cpu_count() or 1)
   d = registry.resolve_model_dir(name)
   enc = loader.load_hf_encoder(d)
   batches = make_batches(enc, texts_for_bench(n_texts), batch)
 
-  @jax.jit
+  # compiled as the runner compiles its forward passes (its XLA:CPU options)
+  @functools.partial(jax.jit, compiler_options=runner.compiler_options())
   def flax_fn(params, ids, mask):
     return loader.l2_normalize(enc.embed_fn(params, ids, mask))
 
@@ -171,7 +178,16 @@ def main():
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--texts", type=int, default=None)
   ap.add_argument("--repeats", type=int, default=None)
+  ap.add_argument(
+      "--max_isa",
+      default="",
+      help="cap both sides' vector ISA, e.g. avx2 (the issue's machine) on an AVX-512 one",
+  )
   args = ap.parse_args()
+  if args.max_isa:  # before jax and torch load (both are imported lazily, in bench_model)
+    from benchmarks import bench_embed
+
+    os.environ.update(bench_embed.isa_env(args.max_isa))
   if args.gpu:
     r = bench_gpu(
         batch=args.batch if args.batch != 64 else 256, seq=256, repeats=args.repeats or 10
@@ -180,10 +196,16 @@ def main():
     return
   n = args.texts or (256 if args.quick else 1024)
   repeats = args.repeats or (3 if args.quick else 5)
+  load_before = os.getloadavg()
   rows = [bench_model(m, n, args.batch, repeats) for m in args.models.split(",")]
+  load_after = os.getloadavg()
   for r in rows:
     print(json.dumps(r))
   flax_s, torch_s = sum(r["flax_s"] for r in rows), sum(r["torch_s"] for r in rows)
+  from benchmarks import _common
+  from lead_jax.encoders import runner
+
+  cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
   print(
       json.dumps(
           {
@@ -196,6 +218,19 @@ def main():
               "batch": args.batch,
               "texts": n,
               "threads": os.cpu_count(),
+              "compiler_options": runner.compiler_options(),
+              "matmul_gflops": round(_common.matmul_rate() / 1e9, 1),
+              "cpu_model": next(
+                  (
+                      ln.split(":", 1)[1].strip()
+                      for ln in cpuinfo.splitlines()
+                      if "model name" in ln
+                  ),
+                  "",
+              ),
+              "cpu_avx512": "avx512f" in cpuinfo,
+              "max_isa": args.max_isa or None,
+              "loadavg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
           }
       )
   )

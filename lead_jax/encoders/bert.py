@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lead_jax.encoders.layers import ACTIVATIONS, dense, layer_norm, mask_bias_bk
+from lead_jax.encoders.layers import ACTIVATIONS, attention_bias, dense, layer_norm
 
 MODEL_TYPES = ("bert",)
 
@@ -111,7 +111,7 @@ class _SelfAttention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_blh, bias_b11m):
+  def __call__(self, x_blh, bias_b1qm):
     c = self.config
     proj = lambda name: nn.DenseGeneral(
         (c.num_attention_heads, c.head_dim), dtype=self.dtype, name=name
@@ -121,7 +121,7 @@ class _SelfAttention(nn.Module):
     v_bmnd = proj("value")(x_blh)
     # XLA path: logits and softmax in fp32, probabilities cast back to the compute dtype.
     return jax.nn.dot_product_attention(
-        q_blnd, k_bmnd, v_bmnd, bias=bias_b11m, scale=1.0 / math.sqrt(c.head_dim)
+        q_blnd, k_bmnd, v_bmnd, bias=bias_b1qm, scale=1.0 / math.sqrt(c.head_dim)
     )
 
 
@@ -181,16 +181,20 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """The layer stack: (x [B,L,H], attention_mask [B,L] 0/1) -> [B,L,H]."""
+  """The layer stack: (x [B,L,H], attention_mask [B,L] 0/1, segment_ids) -> [B,L,H].
+
+  `segment_ids` (int [B,L], 0 for padding), when given, restricts attention to each
+  packed text (see `layers.segment_bias_bqk`).
+  """
 
   config: BertConfig
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_blh, attention_mask):
-    bias_b11m = mask_bias_bk(attention_mask)[:, None, None, :]
+  def __call__(self, x_blh, attention_mask, segment_ids=None):
+    bias_b1qm = attention_bias(attention_mask, segment_ids)
     for i in range(self.config.num_hidden_layers):
-      x_blh = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x_blh, bias_b11m)
+      x_blh = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x_blh, bias_b1qm)
     return x_blh
 
 
@@ -211,10 +215,16 @@ class BertEmbeddings(nn.Module):
 
 
 class BertModel(nn.Module):
-  """(input_ids [B,L] int, attention_mask [B,L] 0/1) -> last hidden state [B,L,H] (fp32)."""
+  """(input_ids [B,L] int, attention_mask [B,L] 0/1) -> last hidden state [B,L,H] (fp32).
+
+  Packed rows (several texts one after another in a row, see `lead_jax.encoders.runner`)
+  also pass `segment_ids` (1, 2, ... per text, 0 for padding) and `position_ids` (each
+  text's own positions, as `position_ids` gives them for the text alone).
+  """
 
   config: BertConfig
   dtype: Any = jnp.float32  # matmul compute dtype; params, LayerNorm and softmax stay fp32
+  SUPPORTS_PACKING = True  # __call__ takes segment_ids and position_ids
 
   def position_ids(self, input_ids: jax.Array) -> jax.Array:
     """Absolute positions 0..L-1 of each row.
@@ -228,10 +238,12 @@ class BertModel(nn.Module):
     return jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask):
+  def __call__(self, input_ids, attention_mask, segment_ids=None, position_ids=None):
     input_ids = jnp.asarray(input_ids, jnp.int32)
-    x_blh = BertEmbeddings(self.config, name="embeddings")(input_ids, self.position_ids(input_ids))
-    return BertEncoder(self.config, self.dtype, name="encoder")(x_blh, attention_mask)
+    if position_ids is None:
+      position_ids = self.position_ids(input_ids)
+    x_blh = BertEmbeddings(self.config, name="embeddings")(input_ids, position_ids)
+    return BertEncoder(self.config, self.dtype, name="encoder")(x_blh, attention_mask, segment_ids)
 
 
 # --------------------------------------------------------------------------- conversion

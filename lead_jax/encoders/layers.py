@@ -3,6 +3,8 @@
 * `ACTIVATIONS`: HF `ACT2FN` names -> jax functions.
 * `dense` / `layer_norm`: the Dense and torch-like LayerNorm every port declares.
 * `mask_bias_bk`: a 0/1 attention mask as an additive fp32 bias.
+* `segment_bias_bqk`: the bias of packed rows (several texts in one row): tokens attend
+  only within their own text.
 * `relative_position_buckets`, `position_bias_hqk`, `relative_attention_bias`: the
   T5/MPNet relative-position bias, one table per encoder stack.
 * `RelativeSelfAttention`: the self-attention of the relative-position models.
@@ -106,6 +108,38 @@ def mask_bias_bk(attention_mask: jax.Array) -> jax.Array:
   return jnp.where(attention_mask > 0, 0.0, _NEG_INF).astype(jnp.float32)
 
 
+def segment_bias_bqk(segment_ids: jax.Array) -> jax.Array:
+  """The attention bias of packed rows: a query sees only the keys of its own segment.
+
+  A packed row holds several texts one after another; `segment_ids` numbers them
+  1, 2, ... and marks padding 0. Padding keys are masked for every query; padding
+  queries see nothing (their outputs are never pooled).
+
+  Args:
+    segment_ids: int [B, L], 0 for padding.
+
+  Returns:
+    fp32 [B, L, L] (query, key): 0 where kept, the most negative float32 where dropped.
+  """
+  same_bqk = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+  return jnp.where(same_bqk, 0.0, _NEG_INF).astype(jnp.float32)
+
+
+def attention_bias(attention_mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+  """The additive attention bias of a batch, broadcastable to [B, heads, L, L].
+
+  Args:
+    attention_mask: [B, L] 0/1.
+    segment_ids: int [B, L] for packed rows (see `segment_bias_bqk`), or None.
+
+  Returns:
+    fp32 [B, 1, 1, L] from the mask, or [B, 1, L, L] from the segments.
+  """
+  if segment_ids is None:
+    return mask_bias_bk(attention_mask)[:, None, None, :]
+  return segment_bias_bqk(segment_ids)[:, None]
+
+
 def relative_position_buckets(
     q_len: int, k_len: int, num_buckets: int, max_distance: int
 ) -> np.ndarray:
@@ -166,10 +200,13 @@ def relative_attention_bias(
     num_buckets: int,
     max_distance: int,
     init_stddev: float,
+    segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Declares `module`'s `relative_attention_bias` table and gathers the biases every layer adds.
 
-  Call it from `module`'s `nn.compact` `__call__` (the table is its parameter).
+  Call it from `module`'s `nn.compact` `__call__` (the table is its parameter). In a
+  packed row the relative positions inside each text are those of the text alone, so
+  the position bias is the same; the segment bias masks the pairs across texts.
 
   Args:
     module: the encoder stack that owns the table.
@@ -179,9 +216,11 @@ def relative_attention_bias(
     num_buckets: buckets used for the lookup.
     max_distance: see `relative_position_buckets`.
     init_stddev: stddev of the table's normal initialiser.
+    segment_ids: int [B, L] for packed rows (see `segment_bias_bqk`), or None.
 
   Returns:
-    (fp32 [H, L, L] position bias, fp32 [B, L] mask bias), as `RelativeSelfAttention` takes them.
+    (fp32 [H, L, L] position bias, mask bias broadcastable to [B, H, L, L]: fp32
+    [B, 1, 1, L], or [B, 1, L, L] for packed rows), as `RelativeSelfAttention` takes them.
   """
   table_nh = module.param(
       "relative_attention_bias",
@@ -190,7 +229,10 @@ def relative_attention_bias(
       jnp.float32,
   )
   l = attention_mask.shape[1]
-  return position_bias_hqk(table_nh, l, l, num_buckets, max_distance), mask_bias_bk(attention_mask)
+  return (
+      position_bias_hqk(table_nh, l, l, num_buckets, max_distance),
+      attention_bias(attention_mask, segment_ids),
+  )
 
 
 class RelativeSelfAttention(nn.Module):
@@ -217,9 +259,9 @@ class RelativeSelfAttention(nn.Module):
     q_blhk, k_blhk, v_blhk = heads("q"), heads("k"), heads("v")
     if self.scale_queries:  # scale q instead of the [B,H,L,L] scores; same maths as HF
       q_blhk = q_blhk * (self.head_dim**-0.5)
-    pos_hqk, mask_bk = bias_parts
+    pos_hqk, mask_b11k = bias_parts
     scores_bhqk = jnp.einsum("bqhk,bshk->bhqs", q_blhk, k_blhk).astype(jnp.float32)
-    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_bk[:, None, None, :]
+    scores_bhqk = scores_bhqk + pos_hqk[None] + mask_b11k
     probs_bhqk = jax.nn.softmax(scores_bhqk, axis=-1).astype(self.dtype)
     ctx_blhk = jnp.einsum("bhqs,bshk->bqhk", probs_bhqk, v_blhk)
     return proj(self.out_features, "o")(ctx_blhk.reshape(b, l, inner))

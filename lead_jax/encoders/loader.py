@@ -13,6 +13,7 @@ read with torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import pathlib
@@ -271,10 +272,18 @@ class LoadedEncoder:
   tokenizer: Any  # tokenizers.Tokenizer, truncating at max_length, not padding
   pad_token_id: int
   embed_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
+  # Packed rows (several texts per row), or None when the architecture cannot take them:
+  # packed_embed_fn(params, input_ids, segment_ids, position_ids, n_segments) -> [B * S, D].
+  packed_embed_fn: Callable[..., jax.Array] | None = None
 
   @property
   def dim(self) -> int:
-    """Width of `embed_fn`'s output."""
+    """Width of `embed_fn`'s output (from the configs; traced only when they do not tell)."""
+    if self.dense:
+      return int(self.dense[-1].out_features)
+    width = getattr(self.config, "hidden_size", None) or getattr(self.config, "d_model", None)
+    if isinstance(width, int):
+      return len(self.pooling.modes) * width
     return jax.eval_shape(
         self.embed_fn,
         self.params,
@@ -340,6 +349,46 @@ def make_embed_fn(
   return embed_fn
 
 
+def make_packed_embed_fn(
+    module: nn.Module, pooling: PoolingSpec, dense: Sequence[DenseSpec]
+) -> Callable[..., jax.Array] | None:
+  """The packed-rows twin of `make_embed_fn`, or None when `module` cannot take packed rows.
+
+  A packed row holds several texts one after another. `segment_ids` numbers them 1, 2,
+  ... (0: padding), `position_ids` gives each text the positions it has alone; attention
+  stays inside each text, so every text gets the embedding it gets alone (up to float
+  rounding). The function is `(params, input_ids, segment_ids, position_ids, n_segments)
+  -> [B * n_segments, D]`, row `b * n_segments + s - 1` embedding segment s of row b
+  (`n_segments` is static).
+
+  Args:
+    module: the Flax backbone; it must set `SUPPORTS_PACKING` (its `__call__` takes
+      `segment_ids` and `position_ids`).
+    pooling: how token states are pooled.
+    dense: the Dense heads after pooling.
+
+  Returns:
+    The function, or None.
+  """
+  if not getattr(module, "SUPPORTS_PACKING", False) or any(
+      m not in pooling_lib.PACKED_POOLING_MODES for m in pooling.modes
+  ):
+    return None
+  dense = tuple(dense)
+
+  def packed_embed_fn(params, input_ids, segment_ids, position_ids, n_segments: int):
+    mask = (segment_ids > 0).astype(jnp.int32)
+    h_bld = module.apply(
+        params["model"], input_ids, mask, segment_ids=segment_ids, position_ids=position_ids
+    )
+    x_nd = pooling_lib.pool_segments(h_bld, segment_ids, n_segments, pooling.modes)
+    for spec, p in zip(dense, params["dense"]):
+      x_nd = pooling_lib.dense(p, x_nd, spec)
+    return x_nd
+
+  return packed_embed_fn
+
+
 def load_hf_encoder(
     model_dir: str | pathlib.Path,
     *,
@@ -381,16 +430,22 @@ def load_hf_encoder(
     raise ValueError(f"{cfg_path}: {e}") from e
 
   files = weight_files(tdir, allow_pickle=allow_pickle)
+  dense_files = [
+      (sub, spec, weight_files(root / sub, allow_pickle=allow_pickle))
+      for sub, spec in (st.dense if st is not None else ())
+  ]
+  # The digest reads every weight byte again; hashlib drops the GIL, so it runs beside the load.
+  hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lead_jax-digest")
+  digest = hasher.submit(sha256_files, files + [f for _, _, fs in dense_files for f in fs])
+  hasher.shutdown(wait=False)
   state = load_state_dict(files)
   try:
     model_params = arch.params_from_hf(state, config)
   except (KeyError, ValueError) as e:
     raise ValueError(f"{files[0]}: {e}") from e
 
-  dense_specs, dense_params, digest_files = [], [], list(files)
-  for sub, spec in (st.dense if st is not None else ()):
-    dfiles = weight_files(root / sub, allow_pickle=allow_pickle)
-    digest_files += dfiles
+  dense_specs, dense_params = [], []
+  for _, spec, dfiles in dense_files:
     dense_specs.append(spec)
     dense_params.append(
         pooling_lib.dense_params_from_state(load_state_dict(dfiles), spec, str(dfiles[0]))
@@ -424,8 +479,9 @@ def load_hf_encoder(
       dense=tuple(dense_specs),
       normalize=bool(st is not None and st.normalize),
       max_length=int(max_length),
-      weights_digest=sha256_files(digest_files),
+      weights_digest=digest.result(),
       tokenizer=tokenizer,
       pad_token_id=pad_id,
       embed_fn=make_embed_fn(module, pooling, dense_specs),
+      packed_embed_fn=make_packed_embed_fn(module, pooling, dense_specs),
   )

@@ -147,17 +147,29 @@ class MPNetLayer(nn.Module):
     return MPNetOutput(self.config, self.dtype, name="output")(h_blf, x_bld)
 
 
+def mpnet_position_ids(input_ids, config: MPNetConfig):
+  """HF `create_position_ids_from_input_ids`: cumsum over non-pad ids, offset by padding_idx.
+
+  Args:
+    input_ids: int [B, L].
+    config: the model's config (its pad id).
+
+  Returns:
+    int32 [B, L]: non-pad tokens count from pad_token_id + 1, pads get pad_token_id.
+  """
+  keep_bl = (input_ids != config.pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(keep_bl, axis=1, dtype=jnp.int32) * keep_bl + config.pad_token_id
+
+
 class MPNetEmbeddings(nn.Module):
   """Word + RoBERTa-style absolute position embeddings, then LayerNorm: ids -> [B,L,D]."""
 
   config: MPNetConfig
 
   @nn.compact
-  def __call__(self, input_ids):
+  def __call__(self, input_ids, position_ids=None):
     cfg = self.config
-    # create_position_ids_from_input_ids: cumsum over non-pad ids, offset by padding_idx.
-    keep_bl = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-    pos_bl = jnp.cumsum(keep_bl, axis=1) * keep_bl + cfg.pad_token_id
+    pos_bl = position_ids if position_ids is not None else mpnet_position_ids(input_ids, cfg)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, param_dtype=jnp.float32, name=name)
     x_bld = embed(cfg.vocab_size, "word_embeddings")(input_ids)
     x_bld = x_bld + embed(cfg.max_position_embeddings, "position_embeddings")(pos_bl)
@@ -171,11 +183,12 @@ class MPNetEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_bld, attention_mask):
+  def __call__(self, x_bld, attention_mask, segment_ids=None):
     cfg = self.config
     bias_parts = relative_attention_bias(
         self,
         attention_mask,
+        segment_ids=segment_ids,
         table_rows=cfg.relative_attention_num_buckets,
         num_heads=cfg.num_attention_heads,
         num_buckets=_HF_BUCKETS,
@@ -188,17 +201,32 @@ class MPNetEncoder(nn.Module):
 
 
 class MPNetModel(nn.Module):
-  """input_ids, attention_mask: int [B, L] → last hidden state fp32 [B, L, H]."""
+  """input_ids, attention_mask: int [B, L] → last hidden state fp32 [B, L, H].
+
+  Packed rows also pass `segment_ids` and `position_ids` (see `bert.BertModel`).
+  """
 
   config: MPNetConfig
   dtype: Any = jnp.float32  # matmul dtype; params, LayerNorm, softmax and residual stay fp32
+  SUPPORTS_PACKING = True  # __call__ takes segment_ids and position_ids
+
+  def position_ids(self, input_ids):
+    """Absolute positions of each row as HF makes them (see `mpnet_position_ids`).
+
+    Args:
+      input_ids: int [B, L].
+
+    Returns:
+      int32 [B, L].
+    """
+    return mpnet_position_ids(input_ids, self.config)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask):
+  def __call__(self, input_ids, attention_mask, segment_ids=None, position_ids=None):
     if input_ids.shape[1] > self.config.max_positions:
       raise ValueError(f"MPNet: sequence length {input_ids.shape[1]} exceeds the position table")
-    x_bld = MPNetEmbeddings(self.config, name="embeddings")(input_ids)
-    return MPNetEncoder(self.config, self.dtype, name="encoder")(x_bld, attention_mask)
+    x_bld = MPNetEmbeddings(self.config, name="embeddings")(input_ids, position_ids)
+    return MPNetEncoder(self.config, self.dtype, name="encoder")(x_bld, attention_mask, segment_ids)
 
 
 CONFIG_CLASS, MODEL_CLASS = MPNetConfig, MPNetModel

@@ -289,6 +289,67 @@ def pool(
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
 
 
+# Modes `pool_segments` computes (all of them).
+PACKED_POOLING_MODES = POOLING_MODES
+
+
+def pool_segments(
+    h_bld: jax.Array, segment_ids: jax.Array, n_segments: int, modes: Sequence[str] = ("mean",)
+) -> jax.Array:
+  """Pools the texts of packed rows, each as `pool` pools it alone.
+
+  A packed row holds texts one after another: `segment_ids` numbers them 1, 2, ...
+  (each a contiguous run) and marks padding 0.
+
+  Args:
+    h_bld: [B, L, D] token states.
+    segment_ids: int [B, L].
+    n_segments: S, the segment slots per row (ids above S are not pooled).
+    modes: `POOLING_MODES` entries, concatenated in this order.
+
+  Returns:
+    fp32 [B * S, len(modes) * D]: row `b * S + s - 1` pools segment s of row b (zeros
+    for an empty slot).
+
+  Raises:
+    ValueError: an unknown mode.
+  """
+  h_bld = h_bld.astype(jnp.float32)
+  B, L, D = h_bld.shape
+  S = n_segments
+  slot_bsl = segment_ids[:, None, :] == jnp.arange(1, S + 1, dtype=segment_ids.dtype)[None, :, None]
+  m_bsl = slot_bsl.astype(jnp.float32)
+  n_bs1 = m_bsl.sum(axis=2)[..., None]
+  pos_l = jnp.arange(L, dtype=jnp.int32)
+  first_bs = jnp.argmax(slot_bsl, axis=2)  # the segment's first token (0 for an empty slot)
+  last_bs = L - 1 - jnp.argmax(slot_bsl[..., ::-1], axis=2)
+  rows_b1 = jnp.arange(B)[:, None]
+  outs = []
+  for mode in modes:
+    if mode == "cls":
+      outs.append(h_bld[rows_b1, first_bs])
+    elif mode == "lasttoken":
+      outs.append(h_bld[rows_b1, last_bs])
+    elif mode == "max":
+      pooled_bl = (segment_ids > 0) & (segment_ids <= S)
+      flat_bl = jnp.where(pooled_bl, S * rows_b1 + segment_ids - 1, B * S)  # the rest: dropped
+      mx = jax.ops.segment_max(h_bld.reshape(B * L, D), flat_bl.reshape(-1), B * S + 1)[:-1]
+      outs.append(mx.reshape(B, S, D))  # empty slots (-inf) are zeroed below
+    elif mode in ("mean", "mean_sqrt_len_tokens"):
+      s_bsd = jnp.einsum("bld,bsl->bsd", h_bld, m_bsl, precision=HIGHEST)
+      n_bs1c = jnp.maximum(n_bs1, 1e-9)
+      outs.append(s_bsd / (n_bs1c if mode == "mean" else jnp.sqrt(n_bs1c)))
+    elif mode == "weightedmean":  # weights 1..len inside each segment, as `pool` gives a text alone
+      w_bsl = m_bsl * (pos_l[None, None, :] - first_bs[..., None] + 1).astype(jnp.float32)
+      s_bsd = jnp.einsum("bld,bsl->bsd", h_bld, w_bsl, precision=HIGHEST)
+      outs.append(s_bsd / jnp.maximum(w_bsl.sum(axis=2)[..., None], 1e-9))
+    else:
+      raise ValueError(f"unknown pooling mode {mode!r}")
+  out_bsd = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+  out_bsd = jnp.where(n_bs1 > 0, out_bsd, 0.0)
+  return out_bsd.reshape(B * S, out_bsd.shape[-1])
+
+
 def dense(params: Mapping[str, jax.Array], x_bd: jax.Array, spec: DenseSpec) -> jax.Array:
   """Applies a sentence-transformers `Dense`: act(x W^T + b), plus the residual if any.
 
