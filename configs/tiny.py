@@ -11,4 +11,5 @@ def get_config() -> config.StudyConfig:
   cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 200, 150, 50
   cfg.closed_form.folds = 2
   cfg.mlp.depths, cfg.mlp.steps = (1,), 40
+  cfg.retrieval.curve_sizes = (50, 100)
   return cfg

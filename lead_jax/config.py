@@ -125,6 +125,10 @@ class RetrievalConfig:
   knn_k: int = 10  # k of mutual-kNN
   block: int = 4_096  # corpus rows per search block
   query_block: int = 1_024  # queries per search call
+  # calibration-size curve: ridge on nested seeded train prefixes of these sizes (and all
+  # train rows), λ per pair and size by val MSE; val R² and nDCG@10 retention. (): off
+  curve_sizes: tuple[int, ...] = (250, 500, 1_000, 2_000, 4_000)
+  curve_seed: int = 0  # seed of the order rows join the prefixes
 
 
 @dataclasses.dataclass

@@ -117,3 +117,34 @@ def test_kfold_ols_matches_float64_min_norm_lstsq(real):
           ref = np.mean(((x[val] - mx) @ w - (y[val] - my)) ** 2)
           worst = max(worst, abs(mse[f, i, j] - ref) / ref)
   assert worst <= 1e-5, worst
+
+
+def test_calibration_curve_matches_float64_refits(real):
+  """Every prefix's chosen ridge (val MSE, R², predictions) against a float64 refit on those rows."""
+  from lead_jax.stitch import curve
+
+  names, tr, va, _ = real
+  lambdas = (1e-3, 1e-1, 1.0, 10.0, 1e3)
+  order = curve.permutation(len(tr[0]), 0)
+  for g in curve.source_curves(tr, va, (250, 750), lambdas):
+    xv = va[g.source].astype(np.float64)
+    for t in range(len(names)):
+      if t == g.source:
+        continue
+      for j, k in enumerate(g.sizes):
+        x, y = tr[g.source][order[:k]].astype(np.float64), tr[t][order[:k]].astype(np.float64)
+        mx, my = x.mean(0), y.mean(0)
+        yv = va[t].astype(np.float64)
+        refs = []
+        for lam in lambdas:
+          w = np.linalg.solve(
+              (x - mx).T @ (x - mx) + lam * np.eye(x.shape[1]), (x - mx).T @ (y - my)
+          )
+          refs.append((np.mean((yv - (xv - mx) @ w - my) ** 2), lam, (xv - mx) @ w + my))
+        mse, lam, pred = min(refs, key=lambda r: r[0])
+        w, b = g.stitch(j, t)
+        ours = xv @ w.astype(np.float64) + b
+        where = (names[g.source], names[t], int(k))
+        assert g.lam[j, t] == pytest.approx(lam), where
+        assert abs(g.mse[j, t] - mse) <= 1e-5 * mse, (where, g.mse[j, t], mse)
+        assert np.abs(ours - pred).max() <= 1e-4 * np.abs(pred).max(), where

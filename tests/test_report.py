@@ -60,6 +60,7 @@ def test_smoke_run_all_produces_every_output_and_skips_on_rerun(tiny_run):
       "mlp_results.parquet",
       "retrieval/native.parquet",
       "retrieval/stitched.parquet",
+      "retrieval/curve.parquet",
       "report/index.html",
       "report/summary.txt",
   ):
@@ -69,6 +70,11 @@ def test_smoke_run_all_produces_every_output_and_skips_on_rerun(tiny_run):
   assert cfg["data"]["max_docs"] == 200 and cfg["mlp"]["depths"] == [1]
   marker = json.loads((out / ".stages" / "mlp.json").read_text())
   assert marker["config"]["mlp"] == cfg["mlp"] and "mesh" not in marker["config"]
+  import pandas as pd
+
+  curve = pd.read_parquet(out / "retrieval" / "curve.parquet")  # K = 50, 100 and all 150 rows
+  assert sorted(curve.k.unique()) == [50, 100, 150] and len(curve) == 3 * 2, curve
+  assert curve["retention_ndcg@10"].between(-0.5, 1.5).all() and curve.val_r2_vw.notna().all()
   summary = (out / "report" / "summary.txt").read_text()
   assert "train-mean estimator" in summary and "zero predictor" in summary
   # a rerun finds every stage complete and redoes nothing
@@ -85,7 +91,8 @@ def test_report_reads_in_question_order_and_every_table_has_a_title(tiny_run):
   headings = re.findall(r"<h2>(.*?)</h2>", page)
   numbers = [int(m.group(1)) for h in headings if (m := re.match(r"(\d+)\. ", h))]
   assert numbers == [1, 2, 3, 4, 5], headings  # every question, in order
-  assert "CKA" in headings[0] and "retrieval" in headings[-1], headings
+  assert "CKA" in headings[0] and "retrieval" in headings[-2], headings
+  assert "calibration-size curve" in headings[-1], headings
   tables = re.findall(r"<table.*?</table>", page, re.S)
   assert len(tables) >= 9, len(tables)
   captions = [re.search(r"<caption>(.+?)</caption>", t, re.S) for t in tables]

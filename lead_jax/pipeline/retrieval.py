@@ -18,6 +18,11 @@ belongs to (they must hash to the store's `rows_digest`), and writes under `retr
               expectation) and the Gaussian control through its saved stitch.
   translated  arrays written by the translate stage for this split: their retrieval and
               retention next to the stitched row they came from
+  curve       the calibration-size curve (`config.retrieval.curve_sizes`): one row per
+              (source, target, K): the ridge stitch fitted on the first K rows of a
+              seeded order of the train corpus rows (`lead_jax.stitch.curve`), λ chosen
+              on the val corpus rows, its val MSE and R², and this split's retrieval
+              through it with its retention
   run.json
 
 Retrieval is over chunks; a document scores its best chunk (see lead_jax/eval/retrieval.py).
@@ -35,8 +40,9 @@ from lead_jax import data, files, logs, store
 from lead_jax.config import StudyConfig
 from lead_jax.eval import retrieval as R
 from lead_jax.layout import RunLayout
-from lead_jax.pipeline import embed
+from lead_jax.pipeline import _common, embed
 from lead_jax.similarity import gram
+from lead_jax.stitch import curve
 from lead_jax.stitch import io as stitch_io
 
 
@@ -331,6 +337,69 @@ def translated_table(ctx: Context, by_key: dict) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
+def curve_table(ctx: Context) -> pd.DataFrame:
+  """The calibration-size curve of every ordered pair of models (no control).
+
+  Args:
+    ctx: the split's context.
+
+  Returns:
+    One row per (source, target, K): `k`, `lam`, `val_mse`, `val_r2`, `val_r2_vw`, the
+    retrieval metrics of this split's corpus through the stitch, and `native_<metric>`
+    / `retention_<metric>`; empty when `curve_sizes` is ().
+  """
+  cfg, r = ctx.cfg, ctx.cfg.retrieval
+  if not r.curve_sizes:
+    return pd.DataFrame()
+  root, models = ctx.layout.store_root, ctx.models
+  train = store.read_models(root, ctx.name, "train", "corpus", models)[1]
+  val = (
+      [ctx.C[m] for m in models]
+      if ctx.split == "val"
+      else store.read_models(root, ctx.name, "val", "corpus", models)[1]
+  )
+  lambdas = [x for x in cfg.closed_form.lambdas if x > 0]
+  sizes = curve.curve_sizes(len(train[0]), r.curve_sizes)
+  progress = logs.Progress("calibration curve", len(models), "sources")
+  rows = []
+  with _common.precision(cfg.closed_form.float64):
+    dtype = _common.dtype(cfg.closed_form.float64)
+    for sc in curve.source_curves(train, val, sizes, lambdas, seed=r.curve_seed, dtype=dtype):
+      src = models[sc.source]
+      for t, tgt in enumerate(models):
+        if t == sc.source:
+          continue
+        for j, k in enumerate(sc.sizes):
+          w, b = sc.stitch(j, t)
+          met, _ = ctx.retrieve(ctx.C[src] @ w.astype(np.float32) + b, ctx.Q[tgt])
+          rows.append(
+              ctx.base(
+                  source=src,
+                  target=tgt,
+                  k=int(k),
+                  lam=float(sc.lam[j, t]),
+                  val_mse=float(sc.mse[j, t]),
+                  val_r2=float(sc.r2[j, t]),
+                  val_r2_vw=float(sc.r2_vw[j, t]),
+                  **met,
+                  **ctx.versus_native(tgt, met),
+              )
+          )
+      progress.update()
+  df = pd.DataFrame(rows)
+  if len(df):
+    by_k = df.groupby("k")[["retention_ndcg@10", "val_r2_vw"]].mean()
+    logging.info(
+        "calibration curve (mean over %d pairs): %s",
+        len(models) * (len(models) - 1),
+        ", ".join(
+            f"K={k} retention {v['retention_ndcg@10']:.3f} R² {v['val_r2_vw']:.3f}"
+            for k, v in by_k.iterrows()
+        ),
+    )
+  return df
+
+
 def run(cfg: StudyConfig, layout: RunLayout, stitch_dirs=None) -> dict:
   """Writes the four retrieval tables and `retrieval/run.json`; returns a summary.
 
@@ -356,6 +425,10 @@ def run(cfg: StudyConfig, layout: RunLayout, stitch_dirs=None) -> dict:
   translated_df = translated_table(ctx, by_key)
   tables = {"native": native_df, "overlap": overlap_df, "stitched": stitched_df}
   tables["translated"] = translated_df
+  t1 = time.time()
+  tables["curve"] = curve_table(ctx)
+  if len(tables["curve"]):
+    logging.info("calibration curve: %.1fs", time.time() - t1)
   for stem, df in tables.items():
     if len(df):
       files.save_table(df, layout.retrieval, stem)
