@@ -89,6 +89,7 @@ def main():
         "--config.mlp.steps=200",
     ]
   res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+  (out.parent / "console.txt").write_text(res.stderr + res.stdout)  # what the user saw
   if res.returncode != 0:
     sys.stderr.write(res.stderr[-5000:])
     raise SystemExit(f"run_all failed ({res.returncode})")

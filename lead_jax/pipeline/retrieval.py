@@ -425,10 +425,7 @@ def run(cfg: StudyConfig, layout: RunLayout, stitch_dirs=None) -> dict:
   translated_df = translated_table(ctx, by_key)
   tables = {"native": native_df, "overlap": overlap_df, "stitched": stitched_df}
   tables["translated"] = translated_df
-  t1 = time.time()
   tables["curve"] = curve_table(ctx)
-  if len(tables["curve"]):
-    logging.info("calibration curve: %.1fs", time.time() - t1)
   for stem, df in tables.items():
     if len(df):
       files.save_table(df, layout.retrieval, stem)
