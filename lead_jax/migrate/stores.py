@@ -278,7 +278,8 @@ class _LanceDB:
   def read_meta(self, addr: Address) -> dict:
     tbl = _lance(addr).open_table(addr.name)
     meta = _lance_meta(tbl.schema)
-    vmeta = tbl.schema.field("vector").metadata or {}
+    names = tbl.schema.names
+    vmeta = (tbl.schema.field("vector").metadata if "vector" in names else None) or {}
     meta[COMPLETE_KEY] = vmeta.get(COMPLETE_KEY.encode()) == b"true"
     return meta
 
@@ -394,12 +395,15 @@ class _Chroma:
   def create(self, addr: Address, dim: int, meta: dict) -> None:
     del dim
     os.makedirs(addr.location, exist_ok=True)
-    _chroma(addr).create_collection(
-        addr.name,
-        embedding_function=None,
-        metadata={META_KEY: json.dumps(meta), COMPLETE_KEY: False},
-        configuration={"hnsw": {"space": "cosine"}},
-    )
+    try:
+      _chroma(addr).create_collection(
+          addr.name,
+          embedding_function=None,
+          metadata={META_KEY: json.dumps(meta), COMPLETE_KEY: False},
+          configuration={"hnsw": {"space": "cosine"}},
+      )
+    except Exception as e:  # noqa: BLE001 - chromadb raises its own ChromaError kinds (a bad name, …)
+      raise MigrateError(f"{addr}: Chroma refused to create the collection: {e}") from None
 
   def begin(self, addr: Address, dim: int, meta: dict) -> None:
     del addr, dim, meta  # every write opens the collection
@@ -485,7 +489,10 @@ class _Zarr:
     if len(ids) != len(x):
       raise MigrateError(f"{addr}: {len(ids)} ids for {len(x)} rows")
     vecs = check_rows(addr, ids, x, report)
-    return Collection(addr, list(ids), vecs, texts, dict(meta))
+    meta = dict(meta)
+    if meta.get("source") == "translated" and meta.get("target_model"):
+      meta["model"] = meta["target_model"]  # the store names the array; the space is this
+    return Collection(addr, list(ids), vecs, texts, meta)
 
   def _dataset_rows(self, addr: Address, cfg, meta: dict):
     from lead_jax.pipeline import embed
@@ -504,14 +511,12 @@ class _Zarr:
   def read_meta(self, addr: Address) -> dict:
     meta = store.read_meta(addr.location, *_zarr_parts(addr))
     meta[COMPLETE_KEY] = bool(meta.get("complete"))
+    if "source_collection" in meta:
+      meta["source"] = meta["source_collection"]
     return meta
 
   def create(self, addr: Address, dim: int, meta: dict) -> None:
-    # ids (and texts) first, atomically; then the array itself (the store writer)
-    files.write_json(
-        self._dir(addr) / "ids.json", {"ids": meta["_ids"], "texts": meta.get("_texts")}, None
-    )
-    self._writer(addr, dim, meta)
+    self._open[str(addr)] = self._writer(addr, dim, meta)  # creates the array
 
   def _writer(self, addr: Address, dim: int, meta: dict):
     m = {k: v for k, v in meta.items() if not k.startswith("_")}
@@ -520,7 +525,12 @@ class _Zarr:
         *_zarr_parts(addr),
         n_rows=len(meta["_ids"]),
         dim=dim,
-        meta={"weights_digest": m.get("stitch_digest"), "source": "translated", **m},
+        meta={
+            **m,
+            "weights_digest": m.get("stitch_digest"),
+            "source": "translated",  # the store's own mark of a translated array
+            "source_collection": m.get("source"),
+        },
         block_rows=int(meta["_block_rows"]),
     )
 
@@ -535,10 +545,17 @@ class _Zarr:
 
   def finish(self, addr: Address, meta: dict) -> None:
     w = self._open.pop(str(addr))
-    w.finish({k: v for k, v in meta.items() if not k.startswith("_")})
+    ident = set(store._IDENTITY) | {"source"}  # noqa: SLF001 - fixed at creation
+    w.finish({k: v for k, v in meta.items() if not k.startswith("_") and k not in ident})
 
   def begin(self, addr: Address, dim: int, meta: dict) -> None:
-    self._open[str(addr)] = self._writer(addr, dim, meta)
+    if str(addr) not in self._open:
+      self._open[str(addr)] = self._writer(addr, dim, meta)
+    # the ids (and texts), atomically, before any row; rewritten if a kill came first
+    side = {"ids": list(meta["_ids"]), "texts": meta.get("_texts")}
+    path = self._dir(addr) / "ids.json"
+    if files.read_json(path, missing_ok=True) != side:
+      files.write_json(path, side, None)
 
   def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[str]:
     raise NotImplementedError("zarr arrays are searched with lead_jax.eval.retrieval")
