@@ -102,6 +102,8 @@ def test_calibration_estimates_are_out_of_fold_with_intervals(calibrated):
     for direction in ("translate", "serve"):
       st = serve.Stitch.load(cfg.migrate.work, direction=direction, method=mm)
       assert st.digest in rec["stitch_digests"][mm].values()
+      v = np.full(st.source_dim, 0.05, np.float32)
+      np.testing.assert_allclose(st.apply(v), st.apply_jit(v[None])[0], atol=1e-5)
   sample = json.loads((tmp / "mig" / "sample.json").read_text())
   assert len(set(sample["ids"])) == 300 and sorted(set(sample["fold"])) == [0, 1, 2]
 
