@@ -10,6 +10,8 @@
     $py experiments/migrate.py gate $m.work=/tmp/mig      # exit 0 PASS, 1 WARN, 2 FAIL
     $py experiments/migrate.py translate $m.source=lancedb:/tmp/db#wordnet \\
         $m.target=lancedb:/tmp/db#wordnet_mpnet $m.work=/tmp/mig [$m.resume=True]
+    $py experiments/migrate.py query $m.target=lancedb:/tmp/db#wordnet_mpnet \
+        --query="a young dog"                             # the engine's own search
 
 One subcommand per step, each one library call (lead_jax/migrate/); the settings are
 `config.migrate` (lead_jax/config.py). The result is printed as JSON on the last line.
@@ -19,10 +21,13 @@ Bad input prints `error: …` naming the collection and id, and exits 2.
 import sys
 
 import _cli
+from absl import flags
 
 from lead_jax.migrate import stores
 
-COMMANDS = ("build_demo", "plan", "calibrate", "gate", "translate")
+COMMANDS = ("build_demo", "plan", "calibrate", "gate", "translate", "query")
+QUERY = flags.DEFINE_string("query", "", "query: the text to search for.")
+K = flags.DEFINE_integer("k", 5, "query: how many hits.")
 
 
 def main(argv):
@@ -60,10 +65,17 @@ def main(argv):
     )
     _cli.print_json(g)
     sys.exit(g["exit_code"])
-  else:
+  elif cmd == "translate":
     from lead_jax.migrate import translate
 
     _cli.print_json(translate.run(cfg))
+  else:
+    if not QUERY.value:
+      raise stores.MigrateError("query: give the text with --query=…")
+    res = stores.search(cfg.migrate.target or cfg.migrate.source, cfg, QUERY.value, K.value)
+    for h in res["hits"]:
+      print(f"{h['distance']:.3f}  {h['id']}  {(h['text'] or '')[:100]}")
+    _cli.print_json(res)
 
 
 if __name__ == "__main__":

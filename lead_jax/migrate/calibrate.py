@@ -452,12 +452,14 @@ def run(cfg: StudyConfig) -> dict:
   for f, rows in enumerate(folds):
     fold_of[rows] = f
   t_fit = time.time()
-  lams = cv_lambdas(cfg, x, y)
-  logging.info("ridge λ by %d-fold CV: old→new %g, new→old %g", m.folds, *lams.values())
-  methods = [mm for mm in m.methods]
+  methods = list(m.methods)
   for mm in methods:
     if mm not in METHODS:
       raise stores.MigrateError(f"config.migrate.methods: unknown method {mm!r}; known {METHODS}")
+  lams = {(OLD, NEW): float("nan"), (NEW, OLD): float("nan")}
+  if "ridge" in methods:
+    lams = cv_lambdas(cfg, x, y)
+    logging.info("ridge λ by %d-fold CV: old→new %g, new→old %g", m.folds, *lams.values())
   oof = {mm: (np.zeros_like(y), np.zeros_like(x)) for mm in methods}
   fold_fits = {mm: [] for mm in methods}
   for f, rows in enumerate(folds):

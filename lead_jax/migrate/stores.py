@@ -327,10 +327,13 @@ class _LanceDB:
     tbl = _lance(addr).open_table(addr.name)
     tbl.update_field_metadata({"path": "vector", "metadata": {COMPLETE_KEY: "true"}})
 
-  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[str]:
+  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[dict]:
     tbl = _lance(addr).open_table(addr.name)
     res = tbl.search(np.asarray(q_d, np.float32)).metric("cosine").limit(k).to_arrow()
-    return res.column("id").to_pylist()
+    return [
+        {"id": i, "text": t, "distance": float(d)}
+        for i, t, d in zip(*(res.column(c).to_pylist() for c in ("id", "text", "_distance")))
+    ]
 
 
 # ----------------------------------------------------------------------------- Chroma
@@ -428,9 +431,14 @@ class _Chroma:
     col = self._get(addr)
     col.modify(metadata={META_KEY: json.dumps(meta), COMPLETE_KEY: True})
 
-  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[str]:
+  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[dict]:
     col = self._get(addr)
-    return col.query(query_embeddings=np.asarray(q_d, np.float32)[None], n_results=k)["ids"][0]
+    res = col.query(query_embeddings=np.asarray(q_d, np.float32)[None], n_results=k)
+    docs = (res.get("documents") or [[None] * len(res["ids"][0])])[0]
+    return [
+        {"id": i, "text": t, "distance": float(d)}
+        for i, t, d in zip(res["ids"][0], docs, res["distances"][0])
+    ]
 
 
 # ----------------------------------------------------------------------------- zarr
@@ -557,8 +565,15 @@ class _Zarr:
     if files.read_json(path, missing_ok=True) != side:
       files.write_json(path, side, None)
 
-  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[str]:
-    raise NotImplementedError("zarr arrays are searched with lead_jax.eval.retrieval")
+  def search(self, addr: Address, q_d: np.ndarray, k: int) -> list[dict]:
+    from lead_jax.eval import retrieval
+
+    col = self.read(addr, None)
+    s, ids = retrieval.topk_search(np.asarray(q_d, np.float32)[None], col.vectors, k)
+    return [
+        {"id": col.ids[i], "text": col.texts[i] if col.texts else None, "distance": 1 - float(v)}
+        for v, i in zip(s[0], ids[0])
+    ]
 
   def __init__(self):
     self._open: dict[str, Any] = {}
@@ -600,6 +615,39 @@ def read(address: str | Address, cfg, report: list | None = None) -> Collection:
     base = col.texts or [None] * col.n
     col.texts = [t if t is not None else by_id.get(i) for i, t in zip(col.ids, base)]
   return col
+
+
+def search(address: str, cfg, text: str, k: int = 10) -> dict:
+  """The top-k of a collection for one text, by the engine's own search (cosine).
+
+  The text is embedded with `cfg.migrate.target_model` (query prefix), or, when unset,
+  the model the collection's metadata records.
+
+  Args:
+    address: the collection.
+    cfg: the study config.
+    text: the query.
+    k: how many hits.
+
+  Returns:
+    `{"collection", "model", "query", "hits": [{"id", "text", "distance"}]}`.
+
+  Raises:
+    MigrateError: no such collection, or no model to embed with.
+  """
+  from lead_jax.migrate import calibrate
+
+  addr = parse(address, "config.migrate.target")
+  b = backend(addr)
+  if not b.exists(addr):
+    raise MigrateError(f"{addr}: no such collection")
+  meta = b.read_meta(addr)
+  model = cfg.migrate.target_model or meta.get("target_model") or meta.get("model")
+  if not model:
+    raise MigrateError(f"{addr}: no model recorded; name it with config.migrate.target_model")
+  fn, _, _, (qp, _) = calibrate.encoder(cfg, model)
+  q = np.asarray(fn([qp + text]), np.float32)[0]
+  return {"collection": str(addr), "model": model, "query": text, "hits": b.search(addr, q, k)}
 
 
 def texts_for(col: Collection, index: np.ndarray, what: str = "sampled") -> list[str]:
