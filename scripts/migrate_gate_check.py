@@ -6,9 +6,10 @@
 `--run` is a study run whose store holds the val corpus and queries of the calibration's
 two models (the default job's, or `experiments/embed.py` of those two models). Each
 method calibrate saved is scored exactly as `retrieval_eval` scores stitches
-(`lead_jax.pipeline.retrieval.stitched_table` over the whole val split: the old model's
-val corpus through the stitch, searched with the new model's val queries, retention =
-stitched / native nDCG@10), and set beside calibrate's estimate and interval. Prints one
+(the per-stitch step of `lead_jax.pipeline.retrieval.stitched_table`, over the whole val
+split: the old model's val corpus through the stitch, searched with the new model's val
+queries, retention = stitched / native nDCG@10; the table's train-mean row, which needs
+the train arrays, is left out), and set beside calibrate's estimate and interval. Prints one
 JSON line per method, then a summary line (`contained`: every chosen-method figure in its
 interval).
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from lead_jax import config  # noqa: E402
 from lead_jax.layout import RunLayout  # noqa: E402
 from lead_jax.pipeline import retrieval  # noqa: E402
+from lead_jax.stitch import io as stitch_io  # noqa: E402
 
 
 def main():
@@ -34,15 +36,13 @@ def main():
   calib = json.loads((work / "calibration.json").read_text())
   cfg = config.StudyConfig(out=args.run, models=(calib["source_model"], calib["target_model"]))
   ctx = retrieval.Context(cfg, RunLayout.from_config(cfg))
-  dirs = [work / "stitches" / m for m in calib["methods"]]
-  table, _ = retrieval.stitched_table(ctx, dirs)
+  src, tgt = calib["source_model"], calib["target_model"]
   out = []
-  for m, d in zip(calib["methods"], dirs):
-    row = table[
-        (table.checkpoint == str(d.absolute()))
-        & (table.source == calib["source_model"])
-        & (table.target == calib["target_model"])
-    ].iloc[0]
+  for m in calib["methods"]:
+    st = stitch_io.find(stitch_io.load(work / "stitches" / m), src, tgt)
+    # what retrieval_eval's stitched table does per stitch (pipeline.retrieval.stitched_table)
+    met, _ = ctx.retrieve(st.apply(ctx.C[src]), ctx.Q[tgt])
+    row = {**met, **ctx.versus_native(tgt, met)}
     est = calib["estimates"][m]["translate"]["ndcg@10_retention"]
     rec = {
         "method": m,

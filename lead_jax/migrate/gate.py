@@ -47,7 +47,10 @@ def verdict(est: dict, floor: float, pass_at: float, fail_below: float) -> tuple
     return "FAIL", f"estimate {e:.3f} < fail threshold {fail_below:.3f}"
   if lo >= pass_at:
     return "PASS", f"lower bound {lo:.3f} ≥ pass threshold {pass_at:.3f}"
-  return "WARN", f"lower bound {lo:.3f} < pass threshold {pass_at:.3f} ≤ … estimate {e:.3f}"
+  return "WARN", (
+      f"lower bound {lo:.3f} < pass threshold {pass_at:.3f}; estimate {e:.3f} ≥ fail "
+      f"threshold {fail_below:.3f}"
+  )
 
 
 def run(cfg: StudyConfig) -> dict:
