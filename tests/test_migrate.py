@@ -431,3 +431,21 @@ def test_binary_gate_exit_code_and_bad_input_line(calibrated):
   )
   assert r.returncode == 2 and "Traceback" not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith(f"error: lancedb:{tmp}/bad#cli_dup")
+
+
+def test_a_study_store_array_is_a_source_with_the_dataset_texts(calibrated):
+  """zarr:… of the embed stage's own array: ids and texts rebuilt from the data settings."""
+  from lead_jax import pipeline
+
+  tmp, cfg, _, _ = calibrated
+  study = _cfg(tmp)
+  study.out, study.models, study.embed.arrays = str(tmp / "study"), (OLD,), ("train/corpus",)
+  pipeline.stage("embed")(study, pipeline.RunLayout.from_config(study))
+  addr = f"zarr:{tmp}/study/store#wordnet/train/corpus/{OLD}"
+  col = stores.read(addr, study)
+  lance = stores.read(cfg.migrate.source, cfg)  # build_demo: the same rows, the same model
+  assert col.ids == lance.ids and col.texts == lance.texts and col.meta["model"] == OLD
+  np.testing.assert_allclose(col.vectors, lance.vectors, atol=1e-5)
+  study.data.max_docs = 800  # other rows: refused, naming the array and the settings
+  with pytest.raises(stores.MigrateError, match=r"are not this array's"):
+    stores.read(addr, study)
