@@ -222,14 +222,56 @@ def test_translate_into_lead_jax_store_and_read_it_back(calibrated):
   assert back.ids == src.ids and back.texts == src.texts and back.meta["model"] == NEW
 
 
-def _versions(table_dir) -> int:
-  d = pathlib.Path(table_dir) / "_versions"
-  return len(os.listdir(d)) if d.is_dir() else 0
+def _writes_seen(tmp, backend) -> int:
+  """A count that grows with every batch the child commits (read without opening the store)."""
+  if backend == "lancedb":
+    d = tmp / "db" / "wn_killed.lance" / "_versions"
+    return len(os.listdir(d)) if d.is_dir() else 0
+  f = tmp / "chroma_kill" / "chroma.sqlite3"
+  if not f.exists():
+    return 0
+  # pages past those of a database holding one empty collection (≈ 2 per 4-row batch)
+  empty = tmp / "chroma_empty"
+  if not empty.exists():
+    stores.backend(stores.parse(f"chroma:{empty}#probe")).create(
+        stores.parse(f"chroma:{empty}#probe"), 384, {"model": "x"}
+    )
+  return max(0, f.stat().st_size - (empty / "chroma.sqlite3").stat().st_size) // 4096
 
 
-def test_sigkill_mid_translate_then_resume_writes_every_id_once(calibrated):
+def _target_rows(tmp, backend):
+  """(ids, vectors, complete) of the killed run's target, read with the engine's own API."""
+  if backend == "chroma":  # embedded Chroma caches a store per process: drop what the
+    from chromadb.api.client import SharedSystemClient  # child's writes made stale
+
+    SharedSystemClient.clear_system_cache()
+  addr = stores.parse(_killed_target(tmp, backend))
+  complete = stores.backend(addr).read_meta(addr)[stores.COMPLETE_KEY]
+  if backend == "lancedb":
+    arrow = _lance_table(tmp, "wn_killed").to_arrow()
+    vecs = np.asarray(arrow.column("vector").to_pylist(), np.float32)
+    return arrow.column("id").to_pylist(), vecs, complete
+  got = stores._chroma(addr).get_collection("wn_killed", embedding_function=None)
+  got = got.get(include=["embeddings"])
+  return (
+      got["ids"],
+      np.asarray(got["embeddings"], np.float32).reshape(len(got["ids"]), -1),
+      complete,
+  )
+
+
+def _killed_target(tmp, backend):
+  return (
+      f"lancedb:{tmp}/db#wn_killed"
+      if backend == "lancedb"
+      else f"chroma:{tmp}/chroma_kill#wn_killed"
+  )
+
+
+@pytest.mark.parametrize("backend", ["lancedb", "chroma"])
+def test_sigkill_mid_translate_then_resume_writes_every_id_once(calibrated, backend):
   tmp, cfg, _, _ = calibrated
-  target = f"lancedb:{tmp}/db#wn_killed"
+  target = _killed_target(tmp, backend)
   cfg = _cfg(tmp, target=target, batch_rows=4)
   args = [
       sys.executable,
@@ -242,36 +284,33 @@ def test_sigkill_mid_translate_then_resume_writes_every_id_once(calibrated):
       "--config.migrate.batch_rows=4",
   ]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
-  table_dir = tmp / "db" / "wn_killed.lance"
   for attempt, extra in enumerate(([], ["--config.migrate.resume=True"])):
     proc = subprocess.Popen(args + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    start = _versions(table_dir)
+    start = _writes_seen(tmp, backend)
     t0 = time.time()
-    while _versions(table_dir) < start + 6 + 5 * attempt and proc.poll() is None:
+    want = (6 + 5 * attempt) * (1 if backend == "lancedb" else 3)
+    while _writes_seen(tmp, backend) < start + want and proc.poll() is None:
       assert time.time() - t0 < 120, "translate never started writing"
       time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    tbl = _lance_table(tmp, "wn_killed")
-    n = tbl.count_rows()
-    assert 0 < n < 600, n  # killed mid-way: partial, and not marked complete
-    ids = tbl.to_arrow().column("id").to_pylist()
-    assert len(ids) == len(set(ids))
-    addr = stores.parse(target)
-    assert not stores.backend(addr).read_meta(addr)[stores.COMPLETE_KEY]
+    ids, _, complete = _target_rows(tmp, backend)
+    assert 0 < len(ids) < 600, len(ids)  # killed mid-way: partial, and not marked complete
+    assert len(ids) == len(set(ids)) and not complete
   with pytest.raises(stores.MigrateError, match="already exists.*resume"):
     translate.run(cfg)
   cfg.migrate.resume = True
+  _target_rows(tmp, backend)  # (drops Chroma's stale per-process cache, as a new process would)
   out = translate.run(cfg)
   assert out["complete"] and out["resumed"] and 0 < out["written"] < 600
   src = stores.read(cfg.migrate.source, cfg)
-  arrow = _lance_table(tmp, "wn_killed").to_arrow()
   st = serve.Stitch.load(cfg.migrate.work, direction="translate")
-  vecs = np.asarray(arrow.column("vector").to_pylist(), np.float32)
-  _check_translated(src.ids, src.vectors, arrow.column("id").to_pylist(), vecs, st)
+  ids, vecs, complete = _target_rows(tmp, backend)
+  assert complete
+  _check_translated(src.ids, src.vectors, ids, vecs, st)
   again = translate.run(cfg)  # resuming a complete target writes nothing
-  assert again["written"] == 0 and _lance_table(tmp, "wn_killed").count_rows() == 600
+  assert again["written"] == 0 and len(_target_rows(tmp, backend)[0]) == 600
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -17,7 +17,8 @@ input raises `MigrateError` naming the collection and the id. A target is writte
     completion is the `lead_jax_complete` metadata of the vector field.
   * Chroma: `Collection.upsert` per batch (ids are keys, so a repeated batch cannot
     duplicate an id). Provenance is the collection metadata `lead_jax` (JSON) and
-    completion its `lead_jax_complete` flag.
+    completion its `lead_jax_complete` flag. Embedded Chroma caches a store per process:
+    one process per Chroma directory at a time.
   * zarr: lead_jax's resumable store writer (one block per batch, committed in order);
     ids in an `ids.json` sidecar written before any row; meta.json holds provenance.
 
