@@ -9,7 +9,9 @@ method calibrate saved is scored exactly as `retrieval_eval` scores stitches
 (the per-stitch step of `lead_jax.pipeline.retrieval.stitched_table`, over the whole val
 split: the old model's val corpus through the stitch, searched with the new model's val
 queries, retention = stitched / native nDCG@10; the table's train-mean row, which needs
-the train arrays, is left out), and set beside calibrate's estimate and interval. Prints one
+the train arrays, is left out), and set beside calibrate's estimate and interval; so is
+the serve direction (the new model's val queries through the inverse stitch, searched in
+the old model's val corpus, over the new model's native nDCG@10). Prints one
 JSON line per method, then a summary line (`contained`: every chosen-method figure in its
 interval).
 """
@@ -54,6 +56,18 @@ def main():
         "lo": est["lo"],
         "hi": est["hi"],
         "contained": est["lo"] <= float(row["retention_ndcg@10"]) <= est["hi"],
+    }
+    # serve: the new model's val queries mapped into the old space, the old val corpus
+    back = stitch_io.find(stitch_io.load(work / "stitches" / m), tgt, src)
+    smet, _ = ctx.retrieve(ctx.C[src], back.apply(ctx.Q[tgt]))
+    sval = smet["ndcg@10"] / ctx.native[tgt]["ndcg@10"]
+    sest = calib["estimates"][m]["serve"]["ndcg@10_retention"]
+    rec["serve"] = {
+        "val_retention_ndcg@10": sval,
+        "estimate": sest["estimate"],
+        "lo": sest["lo"],
+        "hi": sest["hi"],
+        "contained": sest["lo"] <= sval <= sest["hi"],
     }
     out.append(rec)
     print(json.dumps(rec))

@@ -25,7 +25,10 @@
        (native = the new model's own vectors: the ceiling); the floor is the mean
        estimator (every document tied: the exact random-order expectation). For serve,
        each query is mapped by the stitch of the fold holding its relevant document and
-       searched in the old vectors.
+       searched in the old vectors. This serve figure is biased low: 4/5 of that corpus
+       are the stitch's own training rows, which outrank unseen documents more than in a
+       collection where the K calibrated rows are a small share (BUILD_NOTES §9); it is
+       reported, not gated.
    Confidence intervals: percentile bootstrap over rows (self-retrieval) or queries (nDCG
    retention, the ratio of means recomputed per resample).
 5. **Save** every method refitted on all K rows (`<work>/stitches/<method>/`, the
