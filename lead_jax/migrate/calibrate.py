@@ -386,7 +386,8 @@ def _queries(cfg: StudyConfig, sample_ids: list[str]):
 
 
 def _embed_cached(work, cfg, model: str, kind: str, ids: list[str], texts: list[str]):
-  key = files.sha256_arrays([np.frombuffer("\n".join([model, kind, *ids]).encode(), np.uint8)])
+  blob = "\x00".join([model, kind, *ids, *texts]).encode()
+  key = files.sha256_arrays([np.frombuffer(blob, np.uint8)])  # model, ids and texts
   path = work / f"{kind}_vectors.npz"
   if path.exists():
     z = np.load(path, allow_pickle=False)
