@@ -97,6 +97,10 @@ def test_calibration_estimates_are_out_of_fold_with_intervals(calibrated):
       # the stitch is far above the mean estimator on real embeddings
       assert e[d]["ndcg@10_retention"]["lo"] > refs["floor_ndcg@10_retention"], (mm, d)
       assert e[d]["self_top10"]["lo"] > refs["floor_self_top10"], (mm, d)
+    t = e["translate"]["corpus_size_trend"]
+    assert t["sizes"] == [75, 150, 300] and t["n_collection"] == 600
+    assert t["retention"][-1] == pytest.approx(e["translate"]["ndcg@10_retention"]["estimate"])
+    assert t["retention"][0] > t["retention"][-1]  # fewer distractors, more retained
   # every saved stitch loads in both directions with the recorded digests
   for mm in rec["methods"]:
     for direction in ("translate", "serve"):
@@ -442,7 +446,7 @@ def test_gate_verdicts_and_summary(calibrated):
     assert g["verdict"] == want and g["exit_code"] == gate.EXIT[want]
     assert g["floor"] == pytest.approx(rec["references"]["floor_ndcg@10_retention"])
     page = (tmp / "mig" / "gate.html").read_text()
-    assert want in page and "floor" in page and "ceiling" in page
+    assert want in page and "floor" in page and "ceiling" in page and "Corpus size" in page
     assert json.loads((tmp / "mig" / "gate.json").read_text())["verdict"] == want
 
 

@@ -365,6 +365,64 @@ def ndcg_per_query(queries_qd, corpus_nd, qrels: R.Qrels) -> np.ndarray:
   return R.ir_metrics_per_query(ids, qrels)[f"ndcg@{R.NDCG_K}"]
 
 
+def size_trend(qy, y, yhat, qrels: R.Qrels, n_collection: int, seed: int, draws: int = 3) -> dict:
+  """nDCG@10 retention on sub-corpora of K/4, K/2 and K documents, and a log-linear trend.
+
+  Retention falls as the corpus grows (more distractors for a translated vector to lose
+  to; on WordNet val 0.80 at 400 documents, 0.70 at 2,000: BUILD_NOTES §9), so the
+  K-document estimate is not the whole collection's. The trend r(n) = r_K + slope·log2(n/K)
+  is fitted to these points and extrapolated to the collection's size: a rough guide, not
+  an estimate the gate uses.
+
+  Args:
+    qy: the new model's query vectors [Q, d].
+    y: the new model's vectors of the K documents.
+    yhat: their out-of-fold translations.
+    qrels: judgements over the K documents.
+    n_collection: the collection's row count.
+    seed: the seed of the sub-corpora.
+    draws: sub-corpora per size.
+
+  Returns:
+    `{"sizes", "retention", "slope_per_doubling", "at_collection_size", "n_collection"}`.
+  """
+  k = len(y)
+  sizes = [s for s in (k // 4, k // 2) if s >= 20] + [k]
+  rng = np.random.default_rng(seed)
+  rets = []
+  for s in sizes:
+    vals = []
+    for _ in range(draws if s < k else 1):
+      idx = np.sort(rng.choice(k, s, replace=False)) if s < k else np.arange(k)
+      pos = np.full(k, -1)
+      pos[idx] = np.arange(s)
+      keep_j = (qrels.grade > 0) & (pos[qrels.d] >= 0)
+      qs = np.unique(qrels.q[keep_j])
+      if len(qs) == 0:
+        continue
+      qmap = np.full(qrels.n_queries, -1)
+      qmap[qs] = np.arange(len(qs))
+      sel = (qmap[qrels.q] >= 0) & (pos[qrels.d] >= 0)
+      sub = R.Qrels(qmap[qrels.q[sel]], pos[qrels.d[sel]], qrels.grade[sel], len(qs), s)
+      nat = ndcg_per_query(qy[qs], y[idx], sub).mean()
+      vals.append(ndcg_per_query(qy[qs], yhat[idx], sub).mean() / max(nat, 1e-12))
+    rets.append(float(np.mean(vals)) if vals else float("nan"))
+  ok = np.isfinite(rets)
+  slope = (
+      float(np.polyfit(np.log2(np.asarray(sizes)[ok]), np.asarray(rets)[ok], 1)[0])
+      if ok.sum() >= 2
+      else float("nan")
+  )
+  at_n = rets[-1] + slope * np.log2(max(n_collection, 1) / k) if np.isfinite(slope) else rets[-1]
+  return {
+      "sizes": sizes,
+      "retention": rets,
+      "slope_per_doubling": slope,
+      "at_collection_size": float(np.clip(at_n, 0.0, None)),
+      "n_collection": int(n_collection),
+  }
+
+
 def _queries(cfg: StudyConfig, sample_ids: list[str]):
   """(query ids, query texts, Qrels over the sample) of the queries judging a sampled id."""
   from lead_jax import data
@@ -506,6 +564,7 @@ def run(cfg: StudyConfig) -> dict:
       st_t = ndcg_per_query(qy, yhat, qrels)[scored]
       e["translate"]["ndcg@10"] = bootstrap_mean(st_t, b, ci, seed)
       e["translate"]["ndcg@10_retention"] = bootstrap_ratio(st_t, native, b, ci, seed)
+      e["translate"]["corpus_size_trend"] = size_trend(qy, y, yhat, qrels, col.n, seed)
       qx = np.zeros((len(qy), x.shape[1]), np.float32)
       for f in range(m.folds):
         sel = fold_of[np.maximum(first, 0)] == f

@@ -100,6 +100,7 @@ def run(cfg: StudyConfig) -> dict:
       "target_model": calib["target_model"],
       "k": calib["k"],
       "n_queries": calib["n_queries"],
+      "corpus_size_trend": calib["estimates"][method]["translate"].get("corpus_size_trend"),
       "html": str(work / "gate.html"),
       "json": str(work / "gate.json"),
   }
@@ -112,6 +113,20 @@ def _fmt(e) -> str:
   if isinstance(e, dict):
     return f"{e['estimate']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
   return "—" if e is None else f"{e:.3f}"
+
+
+def _trend(g: dict) -> str:
+  t = g.get("corpus_size_trend")
+  if not t:
+    return ""
+  pts = ", ".join(f"{r:.3f} at {n:,}" for n, r in zip(t["sizes"], t["retention"]))
+  return (
+      f"<p><b>Corpus size.</b> The estimate is for a corpus of the K = {g['k']:,} calibration "
+      f"documents; retention falls as the corpus grows: {pts} documents "
+      f"({t['slope_per_doubling']:+.3f} per doubling). Extrapolated log-linearly to the "
+      f"collection's {t['n_collection']:,} documents: about {t['at_collection_size']:.2f} "
+      "(a rough guide, not gated).</p>"
+  )
 
 
 def _html(g: dict, calib: dict) -> str:
@@ -149,6 +164,7 @@ method <b>{esc(g["method"])}</b>, K = {g["k"]} calibration texts, {g["n_queries"
 <td>{_fmt(refs.get("native_ndcg@10"))}</td></tr>
 <tr><td>thresholds: PASS if lower bound ≥, FAIL if estimate &lt;</td>
 <td>{g["pass_retention"]:.2f}, {g["fail_retention"]:.2f}</td></tr></table>
+{_trend(g)}
 <h2>Every method (estimate [CI])</h2><table><tr><th>method</th>{head}</tr>{"".join(rows)}</table>
 <p>translate: the old vectors mapped into the new space, searched with new-model queries;
 serve: new-model queries mapped into the old space, searched in the old vectors. Ridge λ by
