@@ -149,6 +149,43 @@ class TranslateConfig:
 
 
 @dataclasses.dataclass
+class MigrateConfig:
+  """Moving a real vector store to a new model: plan, calibrate, gate, translate, serve.
+
+  A collection is named `<backend>:<location>#<name>`: `lancedb:DIR#TABLE`,
+  `chroma:DIR#COLLECTION`, or `zarr:ROOT#dataset/split/kind/model` (lead_jax's own store).
+  """
+
+  source: str = ""  # the collection to migrate (read only, never written)
+  source_model: str = ""  # the model that embedded it; "": the collection's recorded model
+  target_model: str = ""  # the new model (any lead_jax encoder, openai/… included)
+  target: str = ""  # the NEW collection translate writes (same address forms)
+  work: str = ""  # calibration directory (stitches, estimates, gate); "": <out>/migrate
+  id_field: str = "id"  # LanceDB columns: ids, vectors, texts
+  vector_field: str = "vector"
+  text_field: str = "text"
+  texts: str = ""  # JSONL of {"id", "text"} for collections without texts; "": the collection's
+  queries: str = ""  # BEIR dir or 'wordnet' whose queries + qrels judge the collection's ids
+  k: int = 2_000  # calibration texts embedded with the new model
+  seed: int = 0  # sample, folds, bootstrap and MLP seed
+  folds: int = 5  # cross-fitting folds: λ by CV, and out-of-fold translations for estimates
+  methods: tuple[str, ...] = ("ridge", "ols", "procrustes", "mlp")  # fitted and estimated
+  method: str = "auto"  # the one translate/serve use; auto: best estimated retention
+  mlp_depth: int = 1  # MLP nonlinearities (the rest of the MLP settings: config.mlp)
+  mlp_steps: int = 500  # MLP optimisation steps per fit
+  bootstrap: int = 1_000  # bootstrap resamples of the confidence intervals
+  ci: float = 0.95  # confidence level
+  probe: int = 64  # texts embedded by plan to measure the new model's rate; 0: no probe
+  pass_retention: float = 0.90  # gate PASS: the CI's lower bound is at least this
+  fail_retention: float = 0.70  # gate FAIL: the estimate is below this (WARN in between)
+  batch_rows: int = 1_024  # rows per translate batch (one atomic, idempotent write)
+  normalize: bool = True  # L2-normalise translated vectors
+  resume: bool = False  # continue a target collection a killed translate left
+  # stop translate after this many batches (tests of resumption); 0: never
+  stop_after_batches: int = 0
+
+
+@dataclasses.dataclass
 class MeshConfig:
   """The device mesh and the multi-process start-up (see docs/tpu.md)."""
 
@@ -180,6 +217,7 @@ class StudyConfig:
   mlp: MlpConfig = _field(MlpConfig)
   retrieval: RetrievalConfig = _field(RetrievalConfig)
   translate: TranslateConfig = _field(TranslateConfig)
+  migrate: MigrateConfig = _field(MigrateConfig)
   mesh: MeshConfig = _field(MeshConfig)
 
 
@@ -230,6 +268,14 @@ def validate(cfg: StudyConfig) -> StudyConfig:
       (cfg.closed_form.folds == 0 or cfg.closed_form.folds >= 2, "closed_form.folds", "0 or ≥ 2"),
       (all(x >= 0 for x in cfg.closed_form.lambdas), "closed_form.lambdas", "non-negative"),
       (cfg.mesh.distributed in ("auto", "on", "off"), "mesh.distributed", "auto, on or off"),
+      (cfg.migrate.folds >= 2, "migrate.folds", "≥ 2"),
+      (0 < cfg.migrate.ci < 1, "migrate.ci", "in (0, 1)"),
+      (cfg.migrate.batch_rows >= 1, "migrate.batch_rows", "≥ 1"),
+      (
+          cfg.migrate.fail_retention <= cfg.migrate.pass_retention,
+          "migrate.fail_retention",
+          "≤ migrate.pass_retention",
+      ),
   ]
   for split_kind in cfg.embed.arrays:
     split, _, kind = split_kind.partition("/")

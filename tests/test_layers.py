@@ -1,6 +1,9 @@
 """Imports follow the data flow: no module imports a layer above its own.
 
-    data → encoders → store → similarity → stitch → eval → report → pipeline
+    data → encoders → store → similarity → stitch → eval → report → pipeline → migrate
+
+(migrate, moving real vector stores, is an application of the engine: it reuses the
+embed stage's encoders and row builder, so it sits above pipeline, and nothing imports it.)
 
 with the neutral modules (config, errors, files, numerics, distributed, layout) below them all.
 Every `import lead_jax…` in the package, at module level or inside a function, counts.
@@ -22,6 +25,7 @@ LAYERS = [
     {"eval"},
     {"report"},
     {"pipeline"},
+    {"migrate"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -46,8 +46,13 @@ def split_rows(cfg: StudyConfig, arrays=None) -> tuple[data.Dataset, dict, dict]
   return ds, splits, rows
 
 
-def _encoder(cfg: StudyConfig, name: str, openai_api_key: str | None):
-  """(embed fn, dim, model meta, final-meta fn, (query prefix, passage prefix)) of a model."""
+def encoder(cfg: StudyConfig, name: str, openai_api_key: str | None = None):
+  """(embed fn, dim, model meta, final-meta fn, (query prefix, passage prefix)) of a model.
+
+  The one way every stage and `lead_jax.migrate` get an encoder from a config: a Flax
+  port through `encoders.runner`, or the OpenAI client (key from `openai_api_key`, else
+  the environment).
+  """
   from lead_jax.encoders import openai_encoder, runner
 
   e = cfg.embed
@@ -101,7 +106,7 @@ def run(cfg: StudyConfig, layout: RunLayout, openai_api_key: str | None = None) 
       summary[name] = "complete"
       continue
     t0 = time.time()
-    embed, dim, model_meta, final, (q_prefix, p_prefix) = _encoder(cfg, name, openai_api_key)
+    embed, dim, model_meta, final, (q_prefix, p_prefix) = encoder(cfg, name, openai_api_key)
     meta = {
         **model_meta,
         "chunker": chunk_config(cfg).to_json(),
