@@ -24,9 +24,11 @@ x̂ = (x_v − μ) V and centred val targets ỹ,
     SSE_j(λ) = ‖ỹ_j‖² − 2 Σ_k g_k x̂ᵀỹ_kj P_kj + Σ_kl g_k P_kj (x̂ᵀx̂)_kl g_l P_lj,
     g_k = 1/(s_k + λ),
 
-summed per target (weights 1 for MSE; ω_j = 1/SST_j over the non-constant columns for
-the per-dimension R², as `metrics.regression_metrics` defines it).  Only λ > 0: below
-K < d the λ = 0 fit is not determined.
+summed per target with weights 1 (MSE) and ω_j = 1/SST_j over the non-constant columns
+(the per-dimension R², as `metrics.regression_metrics` defines it).  Summed, each is
+a − 2 gᵀt + gᵀHg with t_k = Σ_j ω_j (x̂ᵀỹ)_kj P_kj and H = x̂ᵀx̂ ∘ (P diag(ω) Pᵀ), formed
+once per target and size, so the λ-path costs O(L·d²) on top.  Only λ > 0: below K < d
+the λ = 0 fit is not determined.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ class SourceCurve:
     return self.w[j][:, self.cols[t]], self.b[j][self.cols[t]]
 
 
-@functools.partial(jax.jit, static_argnames=("bounds",))
-def _source_curve(x, xv, y, yv, seg, lambdas, *, bounds):
+@functools.partial(jax.jit, static_argnames=("bounds", "cols"))
+def _source_curve(x, xv, y, yv, lambdas, *, bounds, cols):
   """One source's curve; x, xv [N|n, d] and y, yv [N|n, D] shifted by the full train means."""
   edges = (0,) + bounds
   blocks = [(e0, e1) for e0, e1 in zip(edges[:-1], edges[1:])]
@@ -128,13 +130,16 @@ def _source_curve(x, xv, y, yv, seg, lambdas, *, bounds):
   s, v = gram_lib.linalg_map(jnp.linalg.eigh, 0.5 * (cxx + jnp.swapaxes(cxx, 1, 2)), 1)
   s = jnp.maximum(s, 0.0)
 
-  n_t = seg.shape[1]
   sst = jnp.sum(jnp.square(yv - jnp.mean(yv, 0)), 0)  # [D], about the val mean
-  blockmax = jnp.max(jnp.where(seg > 0, sst[:, None], 0.0), 0)  # [T]
-  ok = sst > metrics.CONST_DIM_RTOL * (seg @ blockmax)
-  omega = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
-  n_valid = ok.astype(x.dtype) @ seg  # [T]
-  width = jnp.sum(seg, 0)  # [T]
+  omegas, n_valid = [], []
+  for c0, c1 in cols:
+    ok = sst[c0:c1] > metrics.CONST_DIM_RTOL * jnp.max(sst[c0:c1])
+    omegas.append(jnp.where(ok, 1.0 / jnp.where(ok, sst[c0:c1], 1.0), 0.0))
+    n_valid.append(jnp.sum(ok).astype(x.dtype))
+  n_valid = jnp.stack(n_valid)
+  sst_t = jnp.stack([jnp.sum(sst[c0:c1]) for c0, c1 in cols])
+  width = jnp.asarray([c1 - c0 for c0, c1 in cols], x.dtype)
+  n_t = len(cols)
 
   def one_size(args):
     v_j, s_j, mux_j, muy_j, cxy_j = args
@@ -142,18 +147,30 @@ def _source_curve(x, xv, y, yv, seg, lambdas, *, bounds):
     xh = ein("ni,ik->nk", xv - mux_j, v_j)  # [n, d]
     yc = yv - muy_j
     m = ein("nk,nl->kl", xh, xh)
-    q = ein("nk,nj->kj", xh, yc)
+    pq = p * ein("nk,nj->kj", xh, yc)
+    yy = jnp.sum(yc * yc, 0)
     g = 1.0 / (s_j[None, :] + lambdas[:, None])  # [L, d]
-    gp = g[:, :, None] * p[None]  # [L, d, D]
-    quad = jnp.sum(gp * ein("kl,Llj->Lkj", m, gp), 1)  # [L, D]
-    sse = jnp.sum(yc * yc, 0)[None] - 2.0 * ein("Lk,kj->Lj", g, p * q) + quad
-    mse = (sse @ seg) / (xv.shape[0] * width)  # [L, T]
+    sse, ssew = [], []  # per target [L]: weights 1 and ω
+    for (c0, c1), om in zip(cols, omegas):
+      pt = p[:, c0:c1]
+      for out, wt in ((sse, None), (ssew, om)):
+        h = m * ein("kj,lj->kl", pt if wt is None else pt * wt, pt)
+        t = jnp.sum(pq[:, c0:c1] if wt is None else pq[:, c0:c1] * wt, 1)
+        a = jnp.sum(yy[c0:c1] if wt is None else yy[c0:c1] * wt)
+        out.append(a - 2.0 * g @ t + jnp.sum(ein("Lk,kl->Ll", g, h) * g, 1))
+    sse, ssew = jnp.stack(sse, 1), jnp.stack(ssew, 1)  # [L, T]
+    mse = sse / (xv.shape[0] * width)
     best = jnp.argmin(mse, 0)  # [T]
     pick = lambda a: a[best, jnp.arange(n_t)]
-    r2 = 1.0 - pick((sse * omega) @ seg) / n_valid
-    r2_vw = 1.0 - pick(sse @ seg) / (sst @ seg)
-    g_cols = jnp.einsum("tk,jt->kj", g[best], seg)  # [d, D]: each column's target's g
+    g_cols = jnp.concatenate(
+        [
+            jnp.broadcast_to(g[best[t]][:, None], (g.shape[1], c1 - c0))
+            for t, (c0, c1) in enumerate(cols)
+        ],
+        1,
+    )  # [d, D]: each column's target's g at its chosen λ
     w = ein("ik,kj->ij", v_j, g_cols * p)
+    r2, r2_vw = 1.0 - pick(ssew) / n_valid, 1.0 - pick(sse) / sst_t
     return lambdas[best], pick(mse), r2, r2_vw, w, muy_j - mux_j @ w
 
   return jax.lax.map(one_size, (v, s, mux, muy, cxy))
@@ -198,18 +215,16 @@ def source_curves(
   order = permutation(n, seed)
   offs = np.concatenate([[0], np.cumsum(dims)])
   cols = tuple(slice(int(a), int(b)) for a, b in zip(offs[:-1], offs[1:]))
-  seg = np.zeros((offs[-1], len(dims)), np.float64)
-  for t, c in enumerate(cols):
-    seg[c, t] = 1.0
   means = [x.astype(np.float64).mean(0) for x in xs_train]
   shift = lambda x, m: jnp.asarray(x.astype(np.float64) - m, dtype)
   tr = [shift(x[order], m) for x, m in zip(xs_train, means)]
   va = [shift(x, m) for x, m in zip(xs_val, means)]
   y, yv = jnp.concatenate(tr, 1), jnp.concatenate(va, 1)
   m_all = np.concatenate(means)
-  seg_d, lam_d = jnp.asarray(seg, dtype), jnp.asarray(lam, dtype)
+  lam_d = jnp.asarray(lam, dtype)
+  static_cols = tuple((c.start, c.stop) for c in cols)
   for a in range(len(dims)):
-    out = _source_curve(tr[a], va[a], y, yv, seg_d, lam_d, bounds=bounds)
+    out = _source_curve(tr[a], va[a], y, yv, lam_d, bounds=bounds, cols=static_cols)
     lam_j, mse, r2, r2_vw, w, b = (np.asarray(o) for o in out)
     b = b + m_all.astype(b.dtype) - means[a].astype(w.dtype) @ w
     yield SourceCurve(a, np.asarray(bounds), lam_j, mse, r2, r2_vw, w, b, cols)
