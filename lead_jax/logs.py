@@ -23,7 +23,7 @@ import time
 
 from absl import logging
 
-EVERY_S = 5.0  # seconds between two progress lines of one loop
+EVERY_S = 30.0  # seconds between two progress lines of one loop (and one at its end)
 DETAIL = {"lead_jax_detail": True}  # `extra=` of an INFO line shown only when verbose
 _PKG = os.path.dirname(os.path.realpath(__file__)) + os.sep
 _ABSL_FORMAT: list = []  # the absl handler's own formatter, kept across `setup` calls

@@ -18,7 +18,6 @@ the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lead_jax import files
+from lead_jax import files, logs
 from lead_jax.stitch import mlp
 
 STATE, META = "state", "meta"
@@ -218,21 +217,14 @@ def fit(
         )
   every = save_every or tcfg.eval_every
   last_saved = [int(state["step"]) if state is not None else 0]
-  t0, step0 = time.time(), last_saved[0]
+  step0 = last_saved[0]
   if step0:
     logging.info("%s: resuming at step %d/%d", cfg.method, step0, tcfg.steps)
+  progress = logs.Progress(f"{cfg.method} (all pairs)", tcfg.steps, "steps", start=step0)
 
   def hook(st):
     step = int(st["step"])
-    rate = (step - step0) / max(time.time() - t0, 1e-9)
-    logging.info(
-        "%s: step %d/%d, %.1f steps/s (all pairs), ETA %.0fs",
-        cfg.method,
-        step,
-        tcfg.steps,
-        rate,
-        (tcfg.steps - step) / max(rate, 1e-9),
-    )
+    progress.set(step)
     if step - last_saved[0] >= every or step >= tcfg.steps:
       save(mngr, st, meta, force=step >= tcfg.steps)
       last_saved[0] = step

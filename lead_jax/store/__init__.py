@@ -61,7 +61,6 @@ import functools
 import json
 import os
 import pathlib
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,6 +68,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from lead_jax import logs
 from lead_jax.errors import CorruptDataError, InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -936,7 +936,7 @@ def write_rows(
     dtype: str = "float32",
     block_rows: int = 2048,
     overwrite: bool = False,
-    log_every_s: float = 10.0,
+    log_every_s: float | None = None,
     final_meta: Callable[[], dict] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -959,7 +959,7 @@ def write_rows(
     dtype: the stored dtype, one of `DTYPES`.
     block_rows: rows per block.
     overwrite: recreate an array with other identity fields.
-    log_every_s: seconds between progress log lines.
+    log_every_s: seconds between progress log lines; None: `logs.EVERY_S`.
     final_meta: returns run facts added to meta.json at the end.
     process_index: this process; None: `jax.process_index()`.
     process_count: the number of processes; None: `jax.process_count()`.
@@ -998,23 +998,16 @@ def write_rows(
     logging.info(
         "%s: resuming at row %d of [%d, %d)", name, writer.next_row, writer.start, writer.stop
     )
-  t0, done0, last = time.time(), writer.next_row, 0.0
+  progress = logs.Progress(
+      name,
+      writer.stop - writer.start,
+      start=writer.next_row - writer.start,
+      every_s=logs.EVERY_S if log_every_s is None else log_every_s,
+  )
   for start in range(writer.next_row, writer.stop, writer.block_rows):
     stop = min(start + writer.block_rows, writer.stop)
     writer.write(start, embed([prefix + t for t in rows.texts[start:stop]]))
-    now = time.time()
-    if now - last >= log_every_s or stop == writer.stop:
-      rate = (stop - done0) / max(now - t0, 1e-9)
-      eta = (writer.stop - stop) / max(rate, 1e-9)
-      logging.info(
-          "%s: %d/%d rows, %.1f rows/s, ETA %.0fs",
-          name,
-          stop - writer.start,
-          writer.stop - writer.start,
-          rate,
-          eta,
-      )
-      last = now
+    progress.set(stop - writer.start)
   writer.finish(final_meta() if final_meta else None)
   return writer
 
