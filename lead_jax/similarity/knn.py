@@ -8,9 +8,14 @@ definition: rows L2-normalised, similarity = cosine, a row is never its own neig
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from lead_jax.errors import InputError
+from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.gram import ein
 
 
@@ -80,3 +85,53 @@ def mutual_knn(knn_a: jax.Array, knn_b: jax.Array) -> jax.Array:
     A scalar in [0, 1].
   """
   return jnp.mean(overlap_counts(knn_a, knn_b)) / knn_a.shape[1]
+
+
+def knn_all(xs, k: int, control_dim: int | None = None, control_seed: int = 0) -> jax.Array:
+  """Every model's kNN lists stacked, the Gaussian control (drawn as CKA draws it) last.
+
+  Computed once, they can be passed to `null_all_pairs` and `measures_all_pairs`
+  (`knn=`), which otherwise each compute them.
+
+  Args:
+    xs: M arrays [N, d_i].
+    k: neighbours per row.
+    control_dim: the control's width, or None/0.
+    control_seed: its seed.
+
+  Returns:
+    int32 [M(+1), N, k].
+  """
+  dims = tuple(int(x.shape[1]) for x in xs) + ((int(control_dim),) if control_dim else ())
+  xs = tuple(jnp.asarray(x, jnp.result_type(x.dtype, jnp.float32)) for x in xs)
+  return _knn_all(xs, jnp.asarray(control_seed, jnp.uint32), k=int(k), dims=dims)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "dims"))
+def _knn_all(xs, control_seed, *, k, dims):
+  xs = list(xs)
+  if len(dims) > len(xs):
+    xs.append(gram_lib.gaussian_control(xs[0].shape[0], dims[-1], control_seed, xs[0].dtype))
+  return jnp.stack([knn_lists(x, k) for x in xs])
+
+
+def check_lists(knn, m: int, n: int, k: int) -> jax.Array | None:
+  """Validates precomputed lists (`knn_all`'s shape [m, n, k]); None passes through.
+
+  Args:
+    knn: the lists, or None.
+    m: models (control included).
+    n: rows.
+    k: neighbours.
+
+  Returns:
+    int32 lists, or None.
+
+  Raises:
+    InputError: the shape differs.
+  """
+  if knn is None:
+    return None
+  if tuple(np.shape(knn)) != (m, n, k):
+    raise InputError(f"knn: expected lists [{m}, {n}, {k}], got {tuple(np.shape(knn))}")
+  return jnp.asarray(knn, jnp.int32)

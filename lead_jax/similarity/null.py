@@ -85,6 +85,7 @@ def null_all_pairs(
     control_dim: int | None = ControlConfig.dim,
     control_seed: int = ControlConfig.seed,
     perms: jax.typing.ArrayLike | None = None,
+    knn: jax.typing.ArrayLike | None = None,
     batch: int = NullConfig.batch,
     dtype=None,
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -99,6 +100,7 @@ def null_all_pairs(
       `cka_all_pairs` draws it, so observed CKA equals the CKA stage's.
     control_seed: the control's seed.
     perms: explicit permutations [P, N] (tests); default `permutations(seed, P, N)`.
+    knn: precomputed `knn.knn_all(xs, knn_k, control_dim, control_seed)` lists, or None.
     batch: permutations per step of the loop (vmapped inside a step).
     dtype: float32 (default) or float64 (needs x64).
 
@@ -127,9 +129,11 @@ def null_all_pairs(
   dtype = gram_lib.compute_dtype(xs, dtype)
   dims = tuple(int(np.shape(x)[1]) for x in xs) + ((int(control_dim),) if control_dim else ())
   xs = tuple(jnp.asarray(x, dtype) for x in xs)
+  knn = knn_lib.check_lists(knn, len(dims), n, knn_k)
   obs, nul = _null_impl(
       xs,
       perms,
+      knn,
       jnp.asarray(control_seed, jnp.uint32),
       dims=dims,
       k=int(knn_k),
@@ -142,7 +146,7 @@ def null_all_pairs(
 
 
 @functools.partial(jax.jit, static_argnames=("dims", "k", "batch"))
-def _null_impl(xs, perms, control_seed, *, dims, k, batch):
+def _null_impl(xs, perms, lists, control_seed, *, dims, k, batch):
   n = xs[0].shape[0]
   xs = list(xs)
   if len(dims) > len(xs):  # the Gaussian control, last (as cka_all_pairs draws it)
@@ -158,7 +162,8 @@ def _null_impl(xs, perms, control_seed, *, dims, k, batch):
   hsic_self = jnp.diag(obs["hsic_u"])
   r = ein("np,pi->ni", z * z, onehot)  # [N, M] row norms²
   tr = jnp.sum(r, axis=0)
-  lists = jnp.stack([knn_lib.knn_lists(x, k) for x in xs])  # [M, N, k]
+  if lists is None:
+    lists = jnp.stack([knn_lib.knn_lists(x, k) for x in xs])  # [M, N, k]
   iu, ju = np.triu_indices(m, 1)
   mk_obs = (
       jnp.zeros((m, m), xs[0].dtype)
