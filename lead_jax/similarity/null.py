@@ -18,9 +18,11 @@ routes exist: the kernel form Σ_ab K_X[a,b] K_Y[πa,πb] costs N² per pair but
 over N×N kernels (N = 6,000: 144 MB per model, read per permutation: memory bound,
 ≈ 4 GB of traffic per permutation for 5 models); the feature form X̃ᵀ(ΠỸ) costs
 2N·d_i·d_j FLOPs as dense matmuls at the machine's matmul rate. We take the feature form
-with one product per model i against the permuted columns of every later model
-(2N·Σ_{i<j} d_i d_j per permutation: the upper blocks only; (j, i) is the same null by
-symmetry of the permutation group).
+with one product per pair i < j, each permuted model gathered once per permutation as
+its own contiguous [N, d_j] array (2N·Σ_{i<j} d_i d_j FLOPs per permutation: the upper
+blocks only; (j, i) is the same null by symmetry of the permutation group). (One product
+of X_i against all later models' columns side by side does the same FLOPs; it timed the
+same, but gathered the whole [N, ΣD] array per permutation, twice the bytes.)
 
 Mutual-kNN needs no Gram: the kNN lists of ΠY are π⁻¹(N_Y(π(n))), an index gather of the
 lists computed once; the overlap with N_X(n) is N·k² comparisons per pair.
@@ -157,6 +159,7 @@ def _null_impl(xs, perms, lists, control_seed, *, dims, k, batch):
   onehot = jnp.asarray(seg[:, None] == np.arange(m)[None, :], xs[0].dtype)  # [ΣD, M]
   z = jnp.concatenate(xs, axis=1)
   z = z - jnp.mean(z, axis=0)
+  zs = [z[:, off[i] : off[i + 1]] for i in range(m)]  # each model's centred rows
   obs = cka_lib.cka_from_centred(z, dims, n)
   fro2_self = jnp.diag(obs["fro2"])
   hsic_self = jnp.diag(obs["hsic_u"])
@@ -178,12 +181,12 @@ def _null_impl(xs, perms, lists, control_seed, *, dims, k, batch):
 
   def one(pi):
     inv = jnp.zeros_like(pi).at[pi].set(jnp.arange(n, dtype=pi.dtype))
-    zp = z[pi]
+    zp = [zc[pi] for zc in zs[1:]]  # Π X_j, j ≥ 1, each contiguous (no column slices)
     fro2 = jnp.zeros((m, m), z.dtype)
-    for i in range(m - 1):  # X_iᵀ (Π X_j) for every j > i: one product per model
-      blk = ein("nd,ne->de", z[:, off[i] : off[i + 1]], zp[:, off[i + 1] :])
-      f = ein("de,ej->j", blk * blk, onehot[off[i + 1] :, i + 1 :])
-      fro2 = fro2.at[i, i + 1 :].set(f)
+    for i in range(m - 1):  # ‖X_iᵀ (Π X_j)‖²_F for every j > i
+      for j in range(i + 1, m):
+        blk = ein("nd,ne->de", zs[i], zp[j - 1])
+        fro2 = fro2.at[i, j].set(jnp.sum(blk * blk))
     rs = ein("ni,nj->ij", r, r[pi])  # r_iᵀ Π r_j
     fro2 = jnp.where(upper, fro2, 0.0)
     rs = jnp.where(upper, rs, 0.0)
