@@ -346,6 +346,17 @@ class Report:
         f"{lin_c.mean():.3f} of the way from chance to identity on average, against "
         f"{mk_c.mean():.3f} for mutual-kNN (whose chance level is ≈ k/N)."
     )
+    ms = {k.split("/", 1)[1]: np.asarray(v) for k, v in cal.items() if k.startswith("measure/")}
+    if ms and m < len(names) and len(iu[0]):
+      deg = lambda k, v: np.degrees(v) if k == "procrustes_angle" else v
+      floor = ", ".join(
+          f"{k} {deg(k, v[:m, -1]).mean():.3f} (between models {deg(k, v[iu]).mean():.3f})"
+          for k, v in ms.items()
+      )
+      survive += (
+          " The other measures have no permutation null here; their chance floor, read off "
+          f"the Gaussian control, is: {floor} (Procrustes angle in degrees, 90 = unrelated)."
+      )
     return " ".join(sent) + " " + survive, lines
 
   @staticmethod
