@@ -271,6 +271,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
       (cfg.closed_form.folds == 0 or cfg.closed_form.folds >= 2, "closed_form.folds", "0 or ≥ 2"),
       (all(x >= 0 for x in cfg.closed_form.lambdas), "closed_form.lambdas", "non-negative"),
       (cfg.mesh.distributed in ("auto", "on", "off"), "mesh.distributed", "auto, on or off"),
+      (cfg.null.permutations >= 1 and cfg.null.batch >= 1, "null.permutations", "≥ 1"),
+      (cfg.null.knn_k >= 1, "null.knn_k", "≥ 1"),
+      (cfg.measures.cknna_k >= 2, "measures.cknna_k", "≥ 2"),
+      (cfg.measures.svcca_k >= 1 and cfg.measures.rsa_rows >= 4, "measures.svcca_k", "≥ 1"),
+      (cfg.unsupervised.clusters >= 2, "unsupervised.clusters", "≥ 2"),
+      (
+          0 < cfg.unsupervised.refine_smoothing <= 1,
+          "unsupervised.refine_smoothing",
+          "in (0, 1]",
+      ),
   ]
   for split_kind in cfg.embed.arrays:
     split, _, kind = split_kind.partition("/")
