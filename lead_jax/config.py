@@ -107,12 +107,12 @@ class UnsupervisedConfig:
   """Alignment without paired texts (mini-vec2vec style), every ordered pair of models."""
 
   enabled: bool = True  # fit and evaluate the unsupervised maps
-  pca_k: int = 256  # common width: every model is reduced to min(pca_k, narrowest) by PCA
+  pca_k: int = 64  # common width: every model is reduced to min(pca_k, narrowest) by PCA
   clusters: int = 32  # k-means centroids per space (the anchors that get matched)
   restarts: int = 8  # k-means runs per space, each matched and refined; the best is kept
   kmeans_iters: int = 25  # Lloyd iterations
   match_iters: int = 30  # graduated-assignment steps of the centroid matching
-  fit_rows: int = 1_000  # unpaired rows per side the fit sees (from disjoint train halves)
+  fit_rows: int = 2_000  # unpaired rows per side the fit sees (from disjoint train halves)
   refine_iters: int = 10  # Procrustes-on-nearest-neighbour refinement steps
   select_iters: int = 2  # steps each start is refined before the better one is kept
   refine_smoothing: float = 0.5  # R ← polar((1 − α) R + α R_new), α this value
