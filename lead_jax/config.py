@@ -80,6 +80,48 @@ class CkaConfig:
 
 
 @dataclasses.dataclass
+class NullConfig:
+  """Permutation nulls of linear CKA, debiased CKA and mutual-kNN (similarity stage)."""
+
+  enabled: bool = True  # compute the nulls, calibrated scores and p-values
+  permutations: int = 200  # P row permutations of one side, shared by every pair and statistic
+  seed: int = 0  # seed of the permutations
+  knn_k: int = 10  # k of mutual-kNN (cosine, self excluded)
+  batch: int = 1  # permutations per loop step, vmapped inside it (1 measured fastest on CPU)
+
+
+@dataclasses.dataclass
+class MeasuresConfig:
+  """More similarity measures, every pair (similarity stage): CKNNA, SVCCA, PWCCA, …"""
+
+  enabled: bool = True  # compute CKNNA, SVCCA, PWCCA, Procrustes angle and RSA
+  cknna_k: int = 10  # k of CKNNA's kNN masks (platonic-rep's default topk)
+  svcca_k: int = 10  # top-k SVD directions kept per space before CCA (platonic-rep's cca_dim)
+  rcond: float = 1e-6  # CCA whitening: Gram eigenvalues ≤ rcond·max are dropped
+  rsa_rows: int = 1_000  # RSA: rows of the seeded subsample (its RDMs are rows×rows)
+  rsa_seed: int = 0  # seed of the RSA subsample
+
+
+@dataclasses.dataclass
+class UnsupervisedConfig:
+  """Alignment without paired texts (mini-vec2vec style), every ordered pair of models."""
+
+  enabled: bool = True  # fit and evaluate the unsupervised maps
+  pca_k: int = 64  # common width: every model is reduced to min(pca_k, narrowest) by PCA
+  clusters: int = 32  # k-means centroids per space (the anchors that get matched)
+  restarts: int = 8  # k-means runs per space, each matched and refined; the best is kept
+  kmeans_iters: int = 25  # Lloyd iterations
+  match_iters: int = 30  # graduated-assignment steps of the centroid matching
+  fit_rows: int = 2_000  # unpaired rows per side the fit sees (from disjoint train halves)
+  refine_iters: int = 10  # Procrustes-on-nearest-neighbour refinement steps
+  select_iters: int = 2  # steps each start is refined before the better one is kept
+  refine_smoothing: float = 0.5  # R ← polar((1 − α) R + α R_new), α this value
+  neighbours: int = 1  # pseudo-pair targets averaged per source row
+  ridge_lambda: float = 1.0  # λ of the supervised ridge ceiling (on the same reduced rows)
+  seed: int = 0  # k-means inits, the disjoint source/target split, the random floor
+
+
+@dataclasses.dataclass
 class ClosedFormConfig:
   """Closed-form stitches: ridge over a λ-path, OLS, Procrustes, k-fold CV."""
 
@@ -213,6 +255,9 @@ class StudyConfig:
   control: ControlConfig = _field(ControlConfig)
   embed: EmbedConfig = _field(EmbedConfig)
   cka: CkaConfig = _field(CkaConfig)
+  null: NullConfig = _field(NullConfig)
+  measures: MeasuresConfig = _field(MeasuresConfig)
+  unsupervised: UnsupervisedConfig = _field(UnsupervisedConfig)
   closed_form: ClosedFormConfig = _field(ClosedFormConfig)
   mlp: MlpConfig = _field(MlpConfig)
   retrieval: RetrievalConfig = _field(RetrievalConfig)
@@ -275,6 +320,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
           cfg.migrate.fail_retention <= cfg.migrate.pass_retention,
           "migrate.fail_retention",
           "≤ migrate.pass_retention",
+      ),
+      (cfg.null.permutations >= 1 and cfg.null.batch >= 1, "null.permutations", "≥ 1"),
+      (cfg.null.knn_k >= 1, "null.knn_k", "≥ 1"),
+      (cfg.measures.cknna_k >= 2, "measures.cknna_k", "≥ 2"),
+      (cfg.measures.svcca_k >= 1 and cfg.measures.rsa_rows >= 4, "measures.svcca_k", "≥ 1"),
+      (cfg.unsupervised.clusters >= 2, "unsupervised.clusters", "≥ 2"),
+      (
+          0 < cfg.unsupervised.refine_smoothing <= 1,
+          "unsupervised.refine_smoothing",
+          "in (0, 1]",
       ),
   ]
   for split_kind in cfg.embed.arrays:

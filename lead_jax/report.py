@@ -2,6 +2,7 @@
 
 Reads what the stages wrote under a run directory:
     similarity/cka.npz                 CKA matrices (Gaussian control last)
+    similarity/calibrated.npz, unsupervised.parquet   nulls, measures, unpaired alignment
     closed_form/results.parquet        ridge λ-path / Procrustes / controls, val + k-fold
     closed_form/stitches, .json        the chosen W, b per pair (singular values)
     mlp_results.parquet, mlp/*/curves  MLP stitches and their loss curves
@@ -25,6 +26,7 @@ from lead_jax.similarity.gram import CONTROL_NAME
 
 R2 = "r2_vw"  # variance-weighted R²: the per-dimension average explodes on near-constant dims
 _CKA = "How alike are the spaces? (CKA)"
+_CALIBRATED = "How alike, calibrated"
 _Q2 = "2. How much does depth or nonlinearity help?"
 _RETRIEVAL = "Does retrieval survive the stitch?"
 _CURVE = "How many texts must be re-embedded? (calibration-size curve)"
@@ -156,6 +158,9 @@ class Report:
     lay = self.layout
     cka = lay.similarity / "cka.npz"
     self.cka = dict(np.load(cka, allow_pickle=False)) if cka.exists() else None
+    cal = lay.similarity / "calibrated.npz"
+    self.calibrated = dict(np.load(cal, allow_pickle=False)) if cal.exists() else None
+    self.unsupervised = files.read_table(lay.similarity / "unsupervised.parquet")
     self.cf = files.read_table(lay.closed_form_results)
     self.mlp = files.read_table(lay.mlp_results)
     self.native = files.read_table(lay.retrieval / "native.parquet")
@@ -245,6 +250,164 @@ class Report:
             tabs["debiased"],
         ),
     )
+
+  def calibrated_section(self):
+    """Issue 17: permutation-calibrated CKA / mutual-kNN, the other measures, unsupervised
+    alignment against supervised maps, and which conclusions survive calibration."""
+    cal, uns = self.calibrated, self.unsupervised
+    if cal is None and uns is None:
+      return self.section(_CALIBRATED, self.p("No calibrated similarity output (null off)."))
+    parts, summary = [], []
+    if cal is not None and "linear/p_value" in cal:
+      names = [str(n) for n in cal["names"]]
+      stats = [("linear", "linear CKA"), ("debiased", "debiased CKA"), ("mutual_knn", "mKNN@k")]
+      f, axs = self.plt.subplots(3, 3, figsize=(14, 13))
+      for r, (key, label) in enumerate(stats):
+        _heatmap(axs[r, 0], cal[f"{key}/observed"], names, names, f"{label} (raw)", vmin=0, vmax=1)
+        _heatmap(
+            axs[r, 1], cal[f"{key}/calibrated"], names, names, f"{label} calibrated", vmin=0, vmax=1
+        )
+        _heatmap(
+            axs[r, 2],
+            cal[f"{key}/p_value"],
+            names,
+            names,
+            f"{label} permutation p-value",
+            fmt="{:.3f}",
+            cmap="magma",
+            vmin=0,
+            vmax=0.1,
+        )
+      parts.append(self.fig("calibrated.png", f))
+      text, lines = self._calibration_text(cal, names, stats)
+      parts.append(self.p(text))
+      summary += lines
+      parts.append(
+          self.table(
+              "measures",
+              "Every measure per pair of spaces: raw, calibrated ((s − μ₀)/(1 − μ₀)) and "
+              "permutation p for CKA and mKNN; CKNNA, SVCCA, PWCCA (weights in A's space, "
+              "then B's), Procrustes angle (degrees) and RSA",
+              self._measures_table(cal, names),
+          )
+      )
+    if uns is not None and len(uns):
+      text, tab = self._unsupervised_text(uns)
+      parts += [
+          self.p(text),
+          self.table(
+              "unsupervised",
+              "Alignment without paired texts (mini-vec2vec style) against supervised "
+              "Procrustes and ridge (ceiling) and a random rotation (floor): top-1 accuracy and "
+              "mean rank of each val row's counterpart among all val rows of the target",
+              tab,
+          ),
+      ]
+      summary.append(text)
+    self.summary += summary
+    self.section(_CALIBRATED, *parts)
+
+  @staticmethod
+  def _calibration_text(cal, names, stats):
+    m = len(names) - (1 if names[-1] == CONTROL_NAME else 0)
+    iu = np.triu_indices(m, 1)
+    first = next(iter(k for k in cal if k.endswith("/p_value")))
+    p_min = np.nanmin(cal[first][iu]) if len(iu[0]) else np.nan
+    sent, lines = [], []
+    for key, label in stats:
+      raw, c, p = (np.asarray(cal[f"{key}/{x}"])[iu] for x in ("observed", "calibrated", "p_value"))
+      mu = np.asarray(cal[f"{key}/null_mean"])[iu]
+      s = (
+          f"{label}: model pairs average {raw.mean():.3f} raw, null mean {mu.mean():.4f}, "
+          f"calibrated {c.mean():.3f}; {int((p <= 0.05).sum())}/{len(p)} pairs have p ≤ 0.05 "
+          f"(smallest possible p {p_min:.4f})"
+      )
+      if m < len(names):
+        cr, cc, cp = (
+            np.asarray(cal[f"{key}/{x}"])[:m, -1] for x in ("observed", "calibrated", "p_value")
+        )
+        s += f"; against the Gaussian control {cr.mean():.4f} raw → {cc.mean():.4f} calibrated (mean p {cp.mean():.2f})"
+      order_raw, order_cal = np.argsort(-raw), np.argsort(-c)
+      if len(raw) > 1:
+        rho = np.corrcoef(np.argsort(order_raw), np.argsort(order_cal))[0, 1]
+        s += f"; rank correlation of pairs raw vs calibrated {rho:.2f}"
+      sent.append(s + ".")
+      lines.append(f"Calibrated {s}.")
+    lin_c = np.asarray(cal["linear/calibrated"])[iu]
+    lin_p = np.asarray(cal["linear/p_value"])[iu]
+    mk_c = np.asarray(cal["mutual_knn/calibrated"])[iu]
+    survive = (
+        "Every between-model CKA and mKNN score is far outside its permutation null, so "
+        "'these spaces share structure' survives calibration; "
+        if (lin_p <= 0.05).all() and (np.asarray(cal["mutual_knn/p_value"])[iu] <= 0.05).all()
+        else "Some between-model scores are inside their permutation null; "
+    )
+    survive += (
+        f"what calibration removes is the floor: linear CKA's chance level (the null mean, "
+        f"here {np.asarray(cal['linear/null_mean'])[iu].mean():.3f}) is subtracted, leaving "
+        f"{lin_c.mean():.3f} of the way from chance to identity on average, against "
+        f"{mk_c.mean():.3f} for mutual-kNN (whose chance level is ≈ k/N)."
+    )
+    ms = {k.split("/", 1)[1]: np.asarray(v) for k, v in cal.items() if k.startswith("measure/")}
+    if ms and m < len(names) and len(iu[0]):
+      deg = lambda k, v: np.degrees(v) if k == "procrustes_angle" else v
+      floor = ", ".join(
+          f"{k} {deg(k, v[:m, -1]).mean():.3f} (between models {deg(k, v[iu]).mean():.3f})"
+          for k, v in ms.items()
+      )
+      survive += (
+          " The other measures have no permutation null here; their chance floor, read off "
+          f"the Gaussian control, is: {floor} (Procrustes angle in degrees, 90 = unrelated)."
+      )
+    return " ".join(sent) + " " + survive, lines
+
+  @staticmethod
+  def _measures_table(cal, names):
+    rows = []
+    for i in range(len(names)):
+      for j in range(i + 1, len(names)):
+        r = {"model_a": names[i], "model_b": names[j]}
+        for key, short in (("linear", "cka"), ("debiased", "dcka"), ("mutual_knn", "mknn")):
+          for part, suffix in (("observed", ""), ("calibrated", "_cal"), ("p_value", "_p")):
+            if f"{key}/{part}" in cal:
+              r[short + suffix] = float(cal[f"{key}/{part}"][i, j])
+        ms = {k.split("/", 1)[1]: v for k, v in cal.items() if k.startswith("measure/")}
+        if ms:
+          r["cknna"] = float(ms["cknna"][i, j])
+          r["svcca"] = float(ms["svcca"][i, j])
+          r["pwcca_a"] = float(ms["pwcca"][i, j])
+          r["pwcca_b"] = float(ms["pwcca"][j, i])
+          r["procrustes_deg"] = float(np.degrees(ms["procrustes_angle"][i, j]))
+          r["rsa"] = float(ms["rsa"][i, j])
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+  def _unsupervised_text(self, uns):
+    models = [m for m in dict.fromkeys(list(uns.source) + list(uns.target)) if m != CONTROL_NAME]
+    u = uns[uns.source.isin(models) & uns.target.isin(models)]
+    tab = u.pivot_table(index=["source", "target"], columns="method", values=["top1", "mean_rank"])
+    tab.columns = [f"{a}_{b}" for a, b in tab.columns]
+    tab = tab.reset_index()
+    mean = u.groupby("method")[["top1", "mean_rank"]].mean()
+    n_val = int(u.n_val.iloc[0])
+    get = lambda meth, col: float(mean.loc[meth, col]) if meth in mean.index else float("nan")
+    best = u[u.method == "unsupervised"].sort_values("top1", ascending=False).head(1)
+    text = (
+        f"Without paired texts (mini-vec2vec style, PCA to k = {int(u.k.iloc[0])}), the "
+        f"unsupervised maps reach a mean top-1 of {get('unsupervised', 'top1'):.3f} and mean "
+        f"rank {get('unsupervised', 'mean_rank'):.0f} of {n_val} val rows over {len(tab)} "
+        f"ordered pairs, against {get('procrustes', 'top1'):.3f} / "
+        f"{get('procrustes', 'mean_rank'):.0f} for supervised Procrustes and "
+        f"{get('ridge', 'top1'):.3f} / {get('ridge', 'mean_rank'):.0f} for ridge on the same "
+        f"reduced rows, and {get('random', 'top1'):.4f} / {get('random', 'mean_rank'):.0f} for "
+        f"a random rotation (chance: {1 / n_val:.4f} / {(n_val + 1) / 2:.0f})."
+    )
+    if len(best):
+      text += (
+          f" The best unsupervised pair is {best.source.iloc[0]}→{best.target.iloc[0]} "
+          f"(top-1 {best.top1.iloc[0]:.3f})."
+      )
+    return text, tab
 
   def mappable_section(self):
     """Question 1: are the spaces linearly mappable (ridge against the controls)?"""
@@ -659,6 +822,7 @@ class Report:
     self.load()
     for s in (  # the study's questions in order, between CKA and retrieval
         self.cka_section,
+        self.calibrated_section,
         self.mappable_section,  # 1
         self.mlp_section,  # 2
         self.asymmetry_section,  # 3

@@ -38,12 +38,14 @@ _DATA = ("dataset", "models", "store", "data", "embed")
 # The config sections each stage's outputs depend on (mesh and stages never change results).
 DEPENDS = {
     "embed": _DATA,
-    "similarity": _DATA + ("control", "cka"),
+    "similarity": _DATA + ("control", "cka", "null", "measures", "unsupervised"),
     "closed_form": _DATA + ("control", "closed_form"),
     "mlp": _DATA + ("control", "mlp"),
     "retrieval": _DATA + ("control", "closed_form", "mlp", "retrieval"),
     "translate": _DATA + ("control", "closed_form", "mlp", "translate"),
-    "report": _DATA + ("control", "cka", "closed_form", "mlp", "retrieval"),
+    "report": _DATA
+    + ("control", "cka", "null", "measures", "unsupervised")
+    + ("closed_form", "mlp", "retrieval"),
 }
 
 
