@@ -8,7 +8,7 @@
   closed_form/results.parquet|csv, stitches/ (Orbax), stitches.json, run.json
   mlp/d{depth}_{objective}/   Orbax CheckpointManager directory + curves.parquet|csv
   mlp_results.parquet|csv
-  retrieval/native|overlap|stitched|translated.parquet|csv, run.json
+  retrieval/native|overlap|stitched|translated|curve.parquet|csv, run.json
   report/index.html, summary.txt, *.png, *.csv
 """
 
