@@ -691,6 +691,8 @@ class Report:
         ax.plot(g.k, g[col], lw=0.8, alpha=0.5, label=pair)
       ax.plot(mean.index, mean[col], "ko-", lw=2, label="mean over pairs")
       ax.set_xscale("log")
+      ax.set_xticks(ks, [f"{k:,}" for k in ks])
+      ax.minorticks_off()
       ax.set_xlabel("K: train texts the ridge stitch is fitted on")
       ax.set_ylabel(label)
       ax.set_title(label + " vs K")
