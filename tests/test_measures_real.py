@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from lead_jax import config, pipeline, store
 from lead_jax.encoders import registry
 from lead_jax.similarity import measures as ms
 from lead_jax.similarity import null as null_lib
 from tests import test_measures as ref
+from tests._helpers import wordnet_rows
 from tests.test_null import _ref_cka, _ref_mknn
 
 MODELS = ("paraphrase-MiniLM-L3-v2", "wordllama")
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-  out = tmp_path_factory.mktemp("real_measures")
-  cfg = config.StudyConfig(models=MODELS, out=str(out))
-  cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 400, 300, 100
-  cfg.embed.arrays = ("train/corpus",)
-  layout = pipeline.RunLayout.from_config(cfg)
-  pipeline.stage("embed")(cfg, layout)
-  _, tr = store.read_models(layout.store_root, "wordnet", "train", "corpus", list(MODELS))
+  (tr,) = wordnet_rows(tmp_path_factory.mktemp("real_measures"), MODELS, 400, 300, 100)
   return [np.asarray(x, np.float64) for x in tr]
 
 

@@ -9,9 +9,9 @@ WordNet glosses embedded by the shipped offline models (1,500 train / 1,000 val)
 import numpy as np
 import pytest
 
-from lead_jax import config, pipeline, store
 from lead_jax.encoders import registry
 from lead_jax.stitch import closed_form as cf
+from tests._helpers import wordnet_rows
 
 MODELS = ("all-MiniLM-L6-v2", "paraphrase-MiniLM-L3-v2", "wordllama")
 pytestmark = pytest.mark.skipif(
@@ -23,13 +23,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
   out = tmp_path_factory.mktemp("real")
-  cfg = config.StudyConfig(models=MODELS, out=str(out))
-  cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 2_500, 1_500, 1_000
-  cfg.embed.arrays = ("train/corpus", "val/corpus")
-  layout = pipeline.RunLayout.from_config(cfg)
-  pipeline.stage("embed")(cfg, layout)
-  names, tr = store.read_models(layout.store_root, "wordnet", "train", "corpus", list(MODELS))
-  _, va = store.read_models(layout.store_root, "wordnet", "val", "corpus", names)
+  tr, va = wordnet_rows(out, MODELS, 2_500, 1_500, 1_000, splits=("train", "val"))
+  names = list(MODELS)
   fit = cf.fit_all_pairs(tr, va, [0.0, 1.0], control_dim=None, spectra=False, predictions=False)
   return names, tr, va, fit
 

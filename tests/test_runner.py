@@ -194,6 +194,14 @@ def test_runner_matches_torch_with_buckets_and_padding_rows():
   assert np.abs(got - ref).max() <= 1e-4
 
 
+def _embed_stage(out, model, max_docs):
+  """The embed stage: `model`'s train corpus rows of the first `max_docs` documents, blocks of 16."""
+  cfg = config.StudyConfig(models=(model,), out=str(out), store=str(out))
+  cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = max_docs, 20_000, 5_000
+  cfg.embed.block_rows, cfg.embed.arrays = 16, ("train/corpus",)
+  return pipeline.stage("embed")(cfg, pipeline.RunLayout.from_config(cfg))
+
+
 def _partial_array(root, model, prep, rows, full, n_blocks):
   """The train corpus array a killed embed run leaves: `n_blocks` blocks of 16 rows committed."""
   w = store.open_writer(
@@ -220,11 +228,7 @@ def _partial_array(root, model, prep, rows, full, n_blocks):
 
 @needs_minilm
 def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
-  def embed(out):  # the embed stage: wordllama's train corpus rows of 120 documents
-    cfg = config.StudyConfig(models=("wordllama",), out=str(out), store=str(out))
-    cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 120, 20_000, 5_000
-    cfg.embed.block_rows, cfg.embed.arrays = 16, ("train/corpus",)
-    return pipeline.stage("embed")(cfg, pipeline.RunLayout.from_config(cfg))
+  embed = lambda out: _embed_stage(out, "wordllama", 120)  # train corpus, 120 documents
 
   embed(tmp_path / "a")
   full = store.read_array(tmp_path / "a", "wordnet", "train", "corpus", "wordllama")
@@ -242,11 +246,7 @@ def test_embed_run_skips_complete_and_resumes_partial(tmp_path):
 
 @needs_minilm
 def test_packed_embed_run_resumes_to_identical_bytes(tmp_path):
-  def embed(out):  # MiniLM (packed rows) over 60 documents, blocks of 16 rows
-    cfg = config.StudyConfig(models=("all-MiniLM-L6-v2",), out=str(out), store=str(out))
-    cfg.data.max_docs, cfg.data.n_train, cfg.data.n_val = 60, 20_000, 5_000
-    cfg.embed.block_rows, cfg.embed.arrays = 16, ("train/corpus",)
-    return pipeline.stage("embed")(cfg, pipeline.RunLayout.from_config(cfg))
+  embed = lambda out: _embed_stage(out, "all-MiniLM-L6-v2", 60)  # packed rows, 60 documents
 
   embed(tmp_path / "a")
   full = store.read_array(tmp_path / "a", "wordnet", "train", "corpus", "all-MiniLM-L6-v2")
