@@ -41,12 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lead_jax.config import ClosedFormConfig, RetrievalConfig
 from lead_jax.errors import InputError
 from lead_jax.similarity import gram as gram_lib
 from lead_jax.similarity.gram import ein
 from lead_jax.stitch import metrics
 
-DEFAULT_SIZES = (250, 500, 1_000, 2_000, 4_000)
+DEFAULT_SIZES = RetrievalConfig.curve_sizes  # defaults are defined once, in lead_jax.config
+DEFAULT_LAMBDAS = tuple(x for x in ClosedFormConfig.lambdas if x > 0)  # the λ-path without 0
 
 
 def curve_sizes(n_rows: int, sizes: Sequence[int]) -> tuple[int, ...]:
@@ -180,7 +182,7 @@ def source_curves(
     xs_train: Sequence[np.ndarray],
     xs_val: Sequence[np.ndarray],
     sizes: Sequence[int] = DEFAULT_SIZES,
-    lambdas: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4),
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
     *,
     seed: int = 0,
     dtype=None,
