@@ -57,6 +57,7 @@ from lead_jax.similarity import gram as gram_lib
 
 MAX_DEPTH = 6
 MIN_LOG_TEMP = math.log(0.01)
+STORE_MIN_SIZE = 1 << 16
 
 
 # ----------------------------------------------------------------------------- registries
@@ -428,7 +429,45 @@ def pair_val_loss(
   return jnp.mean(jax.lax.map(lambda xy: pair_loss(params, xy[0], xy[1], cfg), (xb, yb)))
 
 
-def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+def _store_large(m: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The barrier of `_scale_by_adam`, on leaves of at least `STORE_MIN_SIZE` elements
+  only: for small ones the copies it saves cost less than the extra kernels it makes
+  (the `--quick` shape of bench_mlp is 1.4× slower with it everywhere)."""
+  return jax.lax.optimization_barrier((m, v)) if m.size >= STORE_MIN_SIZE else (m, v)
+
+
+def _scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformationExtraArgs:
+  """`optax.scale_by_adam` (same state, same arithmetic) that takes the pair's `active`
+  flag and stores its new moments before the update reads them.
+
+  Masking the moments here and materialising them (`lax.optimization_barrier`) lets
+  XLA write them in place: otherwise XLA:CPU fuses the moment updates into the
+  parameter update as well as into the stored moments, three fusions then read the old
+  moments, and inside the training loop every moment and parameter buffer is copied
+  each step. At the benchmark's full shape a step is ~20 % faster (BUILD_NOTES §7);
+  results are bit-identical to `optax.adamw` (`test_optimizer_matches_optax_adamw`).
+  """
+  base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+  def update(updates, state, params=None, *, active=True, **extra):
+    del params, extra
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count = optax.safe_increment(state.count)
+    keep = lambda new, old: jnp.where(active, new, old)
+    mu, nu, count = jax.tree.map(keep, (mu, nu, count), (state.mu, state.nu, state.count))
+    leaves, tree = jax.tree.flatten(mu)
+    stored = [_store_large(m, v) for m, v in zip(leaves, tree.flatten_up_to(nu))]
+    mu, nu = (tree.unflatten([mv[i] for mv in stored]) for i in (0, 1))
+    mu_hat = optax.tree.bias_correction(mu, b1, count)
+    nu_hat = optax.tree.bias_correction(nu, b2, count)
+    out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformationExtraArgs(base.init, update)
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformationExtraArgs:
   """AdamW on a warmup-cosine schedule, decay on weight matrices only, optional clipping.
 
   Args:
@@ -447,8 +486,12 @@ def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
   decay_mask = lambda p: jax.tree_util.tree_map_with_path(
       lambda path, _: getattr(path[-1], "key", None) == "w", p
   )
-  adamw = optax.adamw(
-      sched, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay, mask=decay_mask
+  # optax.adamw's chain, with its Adam step replaced by `_scale_by_adam` (same state
+  # and arithmetic, the new moments materialised before the update reads them).
+  adamw = optax.chain(
+      _scale_by_adam(tcfg.b1, tcfg.b2, tcfg.eps),
+      optax.add_decayed_weights(tcfg.weight_decay, decay_mask),
+      optax.scale_by_learning_rate(sched),
   )
   if tcfg.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(tcfg.grad_clip), adamw)
@@ -501,10 +544,13 @@ def pair_update(params, opt_state, active, x_bd, y_bd, *, cfg: StitchConfig, tcf
     (params, opt_state, minibatch loss before the update).
   """
   loss, grads = jax.value_and_grad(pair_loss)(params, x_bd, y_bd, cfg)
-  updates, new_opt = make_optimizer(tcfg).update(grads, opt_state, params)
+  updates, new_opt = make_optimizer(tcfg).update(grads, opt_state, params, active=active)
   new_params = optax.apply_updates(params, updates)
   keep = lambda new, old: jnp.where(active, new, old)
-  return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), loss
+  adam = lambda st: isinstance(st, optax.ScaleByAdamState)  # masked in `_scale_by_adam`
+  mask = lambda new, old: new if adam(new) else jax.tree.map(keep, new, old)
+  new_opt = jax.tree.map(mask, new_opt, opt_state, is_leaf=adam)
+  return jax.tree.map(keep, new_params, params), new_opt, loss
 
 
 # ----------------------------------------------------------------------------- all pairs
@@ -590,52 +636,50 @@ def shard_pairs(tree, mesh):
 
 
 def all_pairs_step(
-    state: dict,
+    params_opt: tuple,
+    active: tuple[jax.Array, ...],
     train: Sequence[jax.Array],
     idx: tuple[jax.Array, ...],
     *,
     plan: Plan,
     cfg: StitchConfig,
     tcfg: TrainConfig,
+    skip: tuple[int, ...] = (),
     mesh=None,
-) -> tuple[dict, tuple[jax.Array, ...]]:
+) -> tuple[tuple, tuple[jax.Array, ...]]:
   """One optimisation step of every pair (`pair_update` vmapped per group).
-
-  A group whose pairs have all stopped early costs nothing (`lax.cond`).
 
   With a mesh, pairs are sharded over its `pairs` axis and each minibatch's rows over
   `data` (the gradient's mean over rows becomes a psum).
 
   Args:
-    state: the train state (`init_state`).
+    params_opt: per group, (params, opt_state) with a leading pair axis.
+    active: per group, which pairs still train [P] (the others' updates are masked).
     train: the train stacks (`stack_data`).
     idx: per group, the minibatch row indices [P, B].
     plan: the plan.
     cfg: the stitch architecture and objective.
     tcfg: the optimisation settings.
+    skip: groups left unchanged (all their pairs have stopped early); loss NaN.
     mesh: optional mesh.
 
   Returns:
-    (the new state, per group the minibatch losses [P]).
+    (per group the new (params, opt_state), per group the minibatch losses [P]).
   """
-  upd = jax.vmap(functools.partial(pair_update, cfg=cfg, tcfg=tcfg))
-  groups, losses = [], []
-  for g, gs, ix in zip(plan.groups, state["groups"], idx):
+  upd = functools.partial(pair_update, cfg=cfg, tcfg=tcfg)
+  out, losses = [], []
+  for k, (g, (params, opt), act, ix) in enumerate(zip(plan.groups, params_opt, active, idx)):
+    if k in skip:
+      out.append((params, opt))
+      losses.append(jnp.full(act.shape, jnp.nan, jnp.float32))
+      continue
     xs, ys, src, tgt = _group_arrays(plan, g, train)
     x = gram_lib.constrain(xs[src[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_in]
     y = gram_lib.constrain(ys[tgt[:, None], ix], mesh, PAIRS, DATA, None)  # [P, B, d_out]
-    active = gs["best"]["active"]
-    # A group whose pairs have all stopped early is skipped (its params and optimiser
-    # state are unchanged either way; its train loss reads NaN from then on).
-    params, opt, loss = jax.lax.cond(
-        jnp.any(active),
-        lambda a: upd(*a),
-        lambda a: (a[0], a[1], jnp.full(a[2].shape, jnp.nan, jnp.float32)),
-        (gs["params"], gs["opt"], active, x, y),
-    )
-    groups.append({**gs, "params": params, "opt": opt})
+    params, opt, loss = jax.vmap(upd)(params, opt, act, x, y)
+    out.append((params, opt))
     losses.append(loss)
-  return {"step": state["step"] + 1, "groups": tuple(groups)}, tuple(losses)
+  return shard_pairs(tuple(out), mesh), tuple(losses)
 
 
 def val_losses(
@@ -662,7 +706,9 @@ def val_losses(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_steps", "plan", "cfg", "tcfg", "mesh"), donate_argnums=(0,)
+    jax.jit,
+    static_argnames=("n_steps", "plan", "cfg", "tcfg", "skip", "mesh"),
+    donate_argnums=(0,),
 )
 def train_chunk(
     state: dict,
@@ -673,6 +719,7 @@ def train_chunk(
     plan: Plan,
     cfg: StitchConfig,
     tcfg: TrainConfig,
+    skip: tuple[int, ...] = (),
     mesh=None,
 ) -> dict:
   """`n_steps` steps of every pair, then validation, early stopping and history.
@@ -688,6 +735,8 @@ def train_chunk(
     plan: the plan.
     cfg: the stitch architecture and objective.
     tcfg: the optimisation settings.
+    skip: indices of groups whose pairs have all stopped early; their steps are left out
+      of the program (`fit` passes them; a new set compiles a new program).
     mesh: optional mesh (pairs over `pairs`, minibatch rows over `data`).
 
   Returns:
@@ -695,33 +744,30 @@ def train_chunk(
   """
   state = shard_pairs(state, mesh)
   zero = tuple(jnp.zeros((len(g.pairs),), jnp.float32) for g in plan.groups)
-  # The loop carries only what changes per step (params, opt state); the rest of the
-  # state (best params, history, keys, masks) stays out of the while-loop carry.
-  inv = tuple({k: v for k, v in gs.items() if k not in ("params", "opt")} for gs in state["groups"])
-
   n_rows = train[0].shape[1]
   steps = state["step"] + jnp.arange(n_steps, dtype=jnp.int32)
   draw = jax.vmap(
       jax.vmap(lambda k, t: batch_indices(k, t, n_rows, tcfg.batch_size), (None, 0)), (0, None)
   )
   idx_all = tuple(draw(gs["keys"], steps) for gs in state["groups"])  # [P, T, B] per group
+  active = tuple(gs["best"]["active"] for gs in state["groups"])
 
+  # One loop over steps with every group inside (not a loop per group, nor a `lax.cond`
+  # per group and step: the cond's operand copies made the quick shape 2.3× slower).
+  # The loop carries only what changes per step (params, opt state).
   def body(i, carry):
     po, acc = carry
-    st = {
-        "step": state["step"] + i,
-        "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv, po)),
-    }
     idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
-    st, losses = all_pairs_step(st, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
-    po = shard_pairs(tuple((gs["params"], gs["opt"]) for gs in st["groups"]), mesh)
+    po, losses = all_pairs_step(
+        po, active, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, skip=skip, mesh=mesh
+    )
     return po, tuple(a + l for a, l in zip(acc, losses))
 
   po0 = tuple((gs["params"], gs["opt"]) for gs in state["groups"])
   po, acc = jax.lax.fori_loop(0, n_steps, body, (po0, zero))
   state = {
       "step": state["step"] + n_steps,
-      "groups": tuple({**gi, "params": p, "opt": o} for gi, (p, o) in zip(inv, po)),
+      "groups": tuple({**gs, "params": p, "opt": o} for gs, (p, o) in zip(state["groups"], po)),
   }
   step = state["step"]
   e = (step - 1) // tcfg.eval_every
@@ -755,6 +801,12 @@ def train_chunk(
         }
     )
   return shard_pairs({"step": step, "groups": tuple(groups)}, mesh)
+
+
+def _stopped_groups(state: dict) -> tuple[int, ...]:
+  """Indices of the groups whose pairs have all stopped early (a host read of [P] bools)."""
+  active = jax.device_get([gs["best"]["active"] for gs in state["groups"]])
+  return tuple(k for k, a in enumerate(active) if not np.any(a))
 
 
 def fit(
@@ -791,7 +843,10 @@ def fit(
   step = int(state["step"])
   while step < tcfg.steps:
     n = min(tcfg.eval_every - step % tcfg.eval_every, tcfg.steps - step)
-    state = train_chunk(state, train, val, n_steps=n, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
+    skip = _stopped_groups(state) if tcfg.patience > 0 else ()
+    state = train_chunk(
+        state, train, val, n_steps=n, plan=plan, cfg=cfg, tcfg=tcfg, skip=skip, mesh=mesh
+    )
     step += n
     if on_eval is not None:
       on_eval(state)
