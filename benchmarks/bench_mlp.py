@@ -11,12 +11,15 @@ function ours vmaps) `steps` times, then the same val loss.  Both use the same s
 no early stopping (`patience=0`: every pair trains every step), so the final val losses
 agree up to float reassociation; `max_abs_diff` is the largest difference.
 
-Measured on the 2-core CPU box, --quick: ours 0.31 s, per-pair loop 2.23 s (ratio 7.2)
-when idle; 0.60 s vs 2.7 s (ratio ≈ 4.5) with other jobs sharing the cores.  (Padding
-every model to the largest dim, one vmapped group, was slower, 0.65 s idle, and was
-removed.)  At the full dims (384…1536) the step is FLOP/memory bound and vmapping gains
-~nothing over the loop (ratio ≈ 0.7–0.9 measured); the ≥ 5 goal holds only where
-per-call overhead dominates, as in --quick on an idle box.
+Figures and their machines are in BUILD_NOTES (§4.4, §7).  Two things decide the
+ratio on CPU.  At the quick shape per-kernel overhead dominates, so ours gains by
+running every group inside one loop step (no `lax.cond` per group and step: its
+operand copies made ours 2.3× slower).  At the full dims (384…1536) a step is bound by
+AdamW's memory traffic; both sides run `mlp.pair_update`, whose Adam step stores its
+masked moments before the update reads them (without that, XLA copied every parameter
+and moment buffer each step inside the loop), and vmapped groups run as fast as the
+loop's single-pair GEMMs.  `lax.map` over a group's pairs was measured slower than
+vmap at both shapes and is not used.
 
 The last stdout line is one JSON object (see benchmarks/_common.py).
 """

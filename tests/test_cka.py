@@ -91,3 +91,22 @@ def test_from_stats_under_jit():
     )
   lin, deb = ref_cka(xs)
   np.testing.assert_allclose(np.asarray(out["debiased"]), deb, rtol=1e-9)
+
+
+def test_bad_rows_are_named_on_the_host_and_on_device_paths():
+  """check_rows names the array and the first non-finite row, whether it reads the rows
+  in place (numpy, CPU jax arrays: no compiled program) or with the jitted check."""
+  import pytest
+
+  rng = np.random.default_rng(0)
+  xs = [rng.standard_normal((40, d)).astype(np.float32) for d in (3, 5, 7)]
+  xs[1][17, 2] = np.nan
+  xs[1][30, 0] = np.inf
+  xs[2][39, 6] = -np.inf
+  assert gram_lib._on_host(xs) and gram_lib._on_host([jnp.asarray(x) for x in xs])
+  host = gram_lib._first_bad_rows_host(xs)
+  jitted = np.asarray(gram_lib._first_bad_rows(tuple(jnp.asarray(x) for x in xs))).tolist()
+  assert host == jitted == [-1, 17, 39]
+  for arrays in (xs, [jnp.asarray(x) for x in xs]):
+    with pytest.raises(ValueError, match=r"^xs\[1\]: non-finite value in row 17$"):
+      cka_lib.cka_all_pairs(arrays)

@@ -176,6 +176,16 @@ def test_early_stopping_masks_updates_inside_the_jit():
     # best_params are from the best step, and the history has a val loss per evaluation
     assert int(mlp.per_pair(snaps[-1], plan, ("best", "step"))[k]) < int(s)
   assert np.isfinite(mlp.per_pair(snaps[-1], plan, ("history", "val"))[0]).all()
+  # once both pairs of a group have stopped, `fit` leaves the group out of the program
+  # (`skip`): no train loss after the later stop, while the val history goes on
+  skipped = 0
+  for g, gs in zip(plan.groups, snaps[-1]["groups"]):
+    last = int(np.max(gs["best"]["stopped_at"]))
+    if np.all(gs["best"]["stopped_at"] > 0) and last < tcfg.steps:
+      skipped += 1
+      assert np.isnan(gs["history"]["train"][:, last // tcfg.eval_every :]).all()
+      assert np.isfinite(gs["history"]["val"]).all()
+  assert skipped >= 1
 
 
 def _child(out, kill_at=None):

@@ -30,7 +30,9 @@ draws the same batches as an uninterrupted one.
 Early stopping is per pair and stays inside the jit: every `eval_every` steps the val
 loss is computed; a pair whose val loss has not improved for `patience` evaluations is
 marked inactive and its parameter and optimizer updates are masked (`jnp.where`) from
-then on.  `best_params` holds each pair's parameters at its best val loss.
+then on; once every pair of a group has stopped, `fit` leaves the group out of the
+next chunks' program (`train_chunk(skip=…)`).  `best_params` holds each pair's
+parameters at its best val loss.
 
 Everything here is pure: state is a pytree (see `init_state`), the host loop is `fit`;
 checkpointing lives in `lead_jax.stitch.mlp_checkpoint`.
