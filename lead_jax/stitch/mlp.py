@@ -53,7 +53,7 @@ import optax
 import pandas as pd
 
 from lead_jax.config import MlpConfig
-from lead_jax.distributed import DATA, PAIRS
+from lead_jax.distributed import DATA, PAIRS, gather
 from lead_jax.numerics import l2_normalize
 from lead_jax.similarity import gram as gram_lib
 
@@ -433,8 +433,9 @@ def pair_val_loss(
 
 def _store_large(m: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The barrier of `_scale_by_adam`, on leaves of at least `STORE_MIN_SIZE` elements
-  only: for small ones the copies it saves cost less than the extra kernels it makes
-  (the `--quick` shape of bench_mlp is 1.4× slower with it everywhere)."""
+  only: the copies it saves are of the big buffers, and for small leaves it would only
+  split kernels (a judgement: at bench_mlp's quick shape, all leaves small, the one
+  measurement with it everywhere, 0.84 s, sat inside the 0.58–0.85 s spread)."""
   return jax.lax.optimization_barrier((m, v)) if m.size >= STORE_MIN_SIZE else (m, v)
 
 
@@ -446,7 +447,7 @@ def _scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTransforma
   XLA write them in place: otherwise XLA:CPU fuses the moment updates into the
   parameter update as well as into the stored moments, three fusions then read the old
   moments, and inside the training loop every moment and parameter buffer is copied
-  each step. At the benchmark's full shape a step is ~20 % faster (BUILD_NOTES §7);
+  each step. At the benchmark's full shape a step is ~20 % faster (BUILD_NOTES §7.1);
   results are bit-identical to `optax.adamw` (`test_optimizer_matches_optax_adamw`).
   """
   base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
@@ -806,8 +807,9 @@ def train_chunk(
 
 
 def _stopped_groups(state: dict) -> tuple[int, ...]:
-  """Indices of the groups whose pairs have all stopped early (a host read of [P] bools)."""
-  active = jax.device_get([gs["best"]["active"] for gs in state["groups"]])
+  """Indices of the groups whose pairs have all stopped early (a host read of [P] bools,
+  gathered across processes when the pairs are sharded over hosts)."""
+  active = gather([gs["best"]["active"] for gs in state["groups"]])
   return tuple(k for k, a in enumerate(active) if not np.any(a))
 
 
