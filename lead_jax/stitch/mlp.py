@@ -659,7 +659,7 @@ def all_pairs_step(
     params_opt: per group, (params, opt_state) with a leading pair axis.
     active: per group, which pairs still train [P] (the others' updates are masked).
     train: the train stacks (`stack_data`).
-    idx: per group, the minibatch row indices [P, B].
+    idx: per group, the minibatch row indices [P, B] (None for a group in `skip`).
     plan: the plan.
     cfg: the stitch architecture and objective.
     tcfg: the optimisation settings.
@@ -752,7 +752,10 @@ def train_chunk(
   draw = jax.vmap(
       jax.vmap(lambda k, t: batch_indices(k, t, n_rows, tcfg.batch_size), (None, 0)), (0, None)
   )
-  idx_all = tuple(draw(gs["keys"], steps) for gs in state["groups"])  # [P, T, B] per group
+  # [P, T, B] per group; none for a skipped group (it draws no minibatches)
+  idx_all = tuple(
+      None if k in skip else draw(gs["keys"], steps) for k, gs in enumerate(state["groups"])
+  )
   active = tuple(gs["best"]["active"] for gs in state["groups"])
 
   # One loop over steps with every group inside (not a loop per group, nor a `lax.cond`
@@ -760,7 +763,10 @@ def train_chunk(
   # The loop carries only what changes per step (params, opt state).
   def body(i, carry):
     po, acc = carry
-    idx = tuple(jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False) for ix in idx_all)
+    idx = tuple(
+        None if ix is None else jax.lax.dynamic_index_in_dim(ix, i, axis=1, keepdims=False)
+        for ix in idx_all
+    )
     po, losses = all_pairs_step(
         po, active, train, idx, plan=plan, cfg=cfg, tcfg=tcfg, skip=skip, mesh=mesh
     )
