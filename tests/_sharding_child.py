@@ -41,21 +41,21 @@ def fit_rel(got, ref):
   round-off: every λ fits exactly) are left out, as the tables leave them out (NaN)."""
   got, ref = dict(got), dict(ref)
   sg, sr = got.pop("stitches"), ref.pop("stitches")
-  got.pop("meta"), ref.pop("meta")
+  meta = ref.pop("meta")
+  got.pop("meta")
   worst = rel(got, ref)
-  n_groups = int(round(len(sr) ** 0.5))
-  for k, (g, r) in enumerate(zip(sg, sr)):
-    a, b = divmod(k, n_groups)
-    keep = np.ones(np.shape(r["b"])[:2], bool)
-    if a == b:
-      np.fill_diagonal(keep, False)
-    worst = max(
-        worst,
-        rel(
-            [np.asarray(g["W"])[keep], np.asarray(g["b"])[keep]],
-            [np.asarray(r["W"])[keep], np.asarray(r["b"])[keep]],
-        ),
-    )
+  off = np.asarray(meta["column_offsets"])
+  for g, r, srcs in zip(sg, sr, meta["stitch_sources"]):
+    for j, s in enumerate(srcs):
+      keep = np.ones(off[-1], bool)
+      keep[off[s] : off[s + 1]] = False
+      worst = max(
+          worst,
+          rel(
+              [np.asarray(g["W"])[j][:, keep], np.asarray(g["b"])[j][keep]],
+              [np.asarray(r["W"])[j][:, keep], np.asarray(r["b"])[j][keep]],
+          ),
+      )
   return worst
 
 

@@ -73,8 +73,13 @@ def test_all_rows_equal_the_engines_chosen_ridge():
     for t in range(3):
       if t != g.source:
         a = (g.source, t)
-        assert g.lam[0, t] == pytest.approx(ch["lambda"][a])
-        assert g.mse[0, t] == pytest.approx(ch["mse"][a], rel=1e-5)
+        lam, mse, *_ = _refit(tr[g.source], tr[t], va[g.source], va[t], LAMBDAS)
+        assert g.lam[0, t] == pytest.approx(ch["lambda"][a]) == pytest.approx(lam)
+        # Both are float32 fits of a source with a dead dimension at λ = 0.01: each is
+        # within ~5e-6 of the float64 refit (the curve's bound is 2e-5, test above), so
+        # they agree to the sum of their errors, not to either one's.
+        assert ch["mse"][a] == pytest.approx(mse, rel=1e-5)
+        assert g.mse[0, t] == pytest.approx(ch["mse"][a], rel=2e-5)
         assert g.r2[0, t] == pytest.approx(ch["r2"][a], abs=1e-5)
         assert g.r2_vw[0, t] == pytest.approx(ch["r2_vw"][a], abs=1e-5)
 

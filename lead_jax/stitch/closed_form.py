@@ -48,26 +48,38 @@ R²) and ω_j = 1/SST_j (per-dimension-average R²).  Hence per pair, once:
 and per λ only  Σ_ω SSE(λ) = Σ_j ω_j g_Bj − 2 f_λᵀ t + f_λᵀ H f_λ.  SST_j = g_Bj − s_Bj²/n is
 the val variance about the *val* mean (sklearn's r2_score convention), so the
 train-mean estimator scores R² = −n‖ȳ_val − μ_B‖²/SST ≈ 0 (exactly 0 on the train split).
+That per-pair H is one of three exact routes (`_path_route`, by cost): per column
+(F p_j)ᵀ M (F p_j), or the residuals ỹ − x̂ F P themselves for every λ when n_val < k.
 
-Predictions are formed only at the chosen λ (argmin val MSE per pair) for the metrics
-without a Gram identity: MAE, explained absolute variation, cosine.
+The chosen λ (argmin val MSE per pair) is then refitted from its residuals ỹ − x̂ F P:
+its MSE and R² come from them (no cancellation when the fit is good), and so do the
+metrics without a Gram identity: MAE, explained absolute variation, cosine.
+
+Layout.  The engines hold every model's rows side by side, Z [N, T] (T = ΣD), and are
+unrolled over *source* width groups only; each source is fitted to all T target
+columns at once and per-target sums are products with a column → model one-hot. So the
+compiled program grows with the number of source widths, not of width pairs; the work
+that needs a kernel per width pair (Procrustes' SVDs, the spectra) runs after it.
 
 Orthogonal Procrustes.  min ‖X̃R − Ỹ‖ over RᵀR = I after zero-padding the smaller side
 to max(d_A, d_B): R = U Vᵀ from the thin SVD C_AB = U Σ Vᵀ (the padded rows/columns
-only add zeros), computed by an SVD of C_AB itself (`polar`).  The scaled variant uses s* = tr Σ / tr C_AA.  Its val SSE uses the
-same identity with W = sR.
+only add zeros), computed by an SVD of C_AB itself (`polar`).  The scaled variant uses
+s* = tr Σ / tr C_AA.  Its val SSE comes from the val rows' residuals ỹ − s x̃R.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lead_jax import distributed
 from lead_jax.config import ClosedFormConfig, ControlConfig
 from lead_jax.distributed import DATA, PAIRS
 from lead_jax.similarity import gram as gram_lib
@@ -80,18 +92,6 @@ ROW_METRICS = metrics.ROW_METRICS
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def member_diag(block: jax.Array) -> jax.Array:
-  """[m, d, m, e] group block → [m, d, e] blocks of each member with itself.
-
-  Args:
-    block: a group's Gram block with itself, [m, d, m, e].
-
-  Returns:
-    The diagonal blocks, [m, d, e].
-  """
-  return jnp.moveaxis(jnp.diagonal(block, axis1=0, axis2=2), -1, 0)
 
 
 def default_rcond(k: int, dtype) -> float:
@@ -165,31 +165,6 @@ def source_eig_dual(xc: jax.Array, rcond: float) -> tuple[jax.Array, jax.Array]:
   return v, jnp.where(keep, s, 0.0)
 
 
-def _gram_small(x):
-  """x [..., m, n] → the smaller of x xᵀ / xᵀ x (and whether it was x xᵀ)."""
-  m, n = x.shape[-2:]
-  if m <= n:
-    return ein("...ij,...kj->...ik", x, x), True
-  return ein("...ji,...jk->...ik", x, x), False
-
-
-def singular_values(x: jax.Array) -> jax.Array:
-  """Singular values (descending) of x [..., m, n] from eigvalsh of the smaller Gram.
-
-  Much cheaper than an SVD on CPU; values below ~sqrt(eps)·σ_max lose relative accuracy,
-  which is fine for a spectrum plot and for ‖WᵀW − I‖ (it uses σ² directly).
-
-  Args:
-    x: matrices [..., m, n].
-
-  Returns:
-    The min(m, n) singular values [..., min(m, n)], descending.
-  """
-  g, _ = _gram_small(x)
-  ev = gram_lib.linalg_map(jnp.linalg.eigvalsh, g, x.ndim - 2)
-  return jnp.sqrt(jnp.maximum(ev, 0.0))[..., ::-1]
-
-
 def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Orthogonal polar factor R = U Vᵀ of c [..., m, n] (thin SVD c = U Σ Vᵀ) and Σ.
 
@@ -212,42 +187,6 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   return ein("...ik,...kj->...ij", u, vt), sig
 
 
-# ----------------------------------------------------------------------------- sufficient statistics
-
-
-def stats_from_rows(zs_tr, zs_v, mask_v=None, val_gram=True):
-  """Train/val sufficient statistics from grouped rows [N, m, d] (one split).
-
-  Args:
-    zs_tr: per group, the train rows [N_train, m, d].
-    zs_v: per group, the val rows [N_val, m, d].
-    mask_v: [N_val] val row weights; None: all ones.
-    val_gram: also form the val Gram blocks `gv`.
-
-  Returns:
-    `(st, xc, xv)`: the dict st with c (centred train Gram blocks), gv (val Gram blocks
-    centred by train mean; only with `val_gram`), gdiag (per-group diag of the val Gram,
-    Σ ỹ²), sv (val column sums of ỹ), nv, mu (train means); and the centred train and
-    (masked) val rows (for the dual and for the row-projected validation path).
-  """
-  mu = [jnp.mean(z, axis=0) for z in zs_tr]
-  xc = [z - m for z, m in zip(zs_tr, mu)]
-  xv = [z - m for z, m in zip(zs_v, mu)]
-  if mask_v is None:
-    mask_v = jnp.ones(zs_v[0].shape[0], zs_v[0].dtype)
-  xvm = [x * mask_v[:, None, None] for x in xv]
-  st = {
-      "c": gram_lib.gram_blocks(xc),
-      "gdiag": [jnp.sum(x * x, axis=0) for x in xvm],
-      "sv": [jnp.sum(x, axis=0) for x in xvm],
-      "nv": jnp.sum(mask_v),
-      "mu": mu,
-  }
-  if val_gram:
-    st["gv"] = gram_lib.gram_blocks(xvm)
-  return st, xc, xvm
-
-
 # ----------------------------------------------------------------------------- exact OLS
 
 
@@ -258,7 +197,7 @@ def _columns(layout: Layout, b: int) -> np.ndarray:
   return np.concatenate([np.arange(off[t], off[t] + d_b) for t in members])
 
 
-def _ols_one(x, xv, y, yv, tmask, vmask):
+def _ols_one(x, xv, y, yv, tmask, vmask, xp=jnp):
   """Val SSE per target column of min-norm least squares, one source.
 
   x, xv, tmask and vmask are float64; y and yv are the targets in the engine's dtype.
@@ -280,32 +219,36 @@ def _ols_one(x, xv, y, yv, tmask, vmask):
     yv: their val rows [n, T].
     tmask: [N] train row weights (0 or 1).
     vmask: [n] val row weights.
+    xp: `jnp` (traced) or `np` (on the host, `_exact_ols` on a CPU backend).
 
   Returns:
     Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T], float64.
   """
   lo = y.dtype
-  ntr = jnp.sum(tmask)
+  ntr = xp.sum(tmask)
   mu_x = tmask @ x / ntr
   mu_y = tmask.astype(lo) @ y / ntr.astype(lo)
-  q, r = jnp.linalg.qr((x - mu_x) * tmask[:, None])
+  q, r = xp.linalg.qr((x - mu_x) * tmask[:, None])
   cut = np.finfo(x.dtype).eps * max(x.shape)
   c = (q.astype(lo).T @ ((y - mu_y) * tmask.astype(lo)[:, None])).astype(x.dtype)  # [k, T]
-  dr = jnp.abs(jnp.diagonal(r))
+  dr = xp.abs(xp.diagonal(r))
+  sl = jax.scipy.linalg if xp is jnp else scipy.linalg
 
   def triangular(_):
-    return jax.scipy.linalg.solve_triangular(r, c, lower=False)
+    return sl.solve_triangular(r, c, lower=False)
 
   def min_norm(_):
-    u, sig, vt = jnp.linalg.svd(r, full_matrices=False)
+    u, sig, vt = xp.linalg.svd(r, full_matrices=False)
     keep = sig > cut * sig[0]
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, sig, 1.0), 0.0)
+    inv = xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)
     return vt.T @ (inv[:, None] * (u.T @ c))
 
-  if r.shape[0] == r.shape[1]:  # N ≥ d
-    w = jax.lax.cond(jnp.min(dr) > cut * jnp.max(dr), triangular, min_norm, None)  # [d, T]
-  else:  # N < d: rank ≤ N < d, always the minimum-norm solution
+  if r.shape[0] != r.shape[1]:  # N < d: rank ≤ N < d, always the minimum-norm solution
     w = min_norm(None)
+  elif xp is jnp:
+    w = jax.lax.cond(jnp.min(dr) > cut * jnp.max(dr), triangular, min_norm, None)  # [d, T]
+  else:
+    w = triangular(None) if np.min(dr) > cut * np.max(dr) else min_norm(None)
   res = (yv - mu_y) - ((xv - mu_x).astype(lo) @ w.astype(lo))
   return vmask.astype(lo) @ (res * res)
 
@@ -345,7 +288,8 @@ def _concat(xs):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _no_ols(shape, dtype):
   """NaN ("no exact value") in place of the exact OLS when it is not computed: a device
-  array like the real one, so the engine's compiled program is the same either way."""
+  array like the real one (numpy on the host, like the host's real one), so the engine's
+  compiled program is the same either way."""
   return jnp.full(shape, jnp.nan, dtype)
 
 
@@ -358,9 +302,20 @@ def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=
   if vidx is None:
     vidx, tmask, vmask = np.arange(nv)[None], np.ones((1, n), np.float32), np.ones((1, nv))
   if not np.any(np.asarray(lambdas) == 0):
-    return [
-        _no_ols((len(vidx), len(m), sum(layout.dims)), np.dtype(dtype)) for _, m in layout.groups
-    ]
+    full = (lambda shape, dt: np.full(shape, np.nan, dt)) if _on_host() else _no_ols
+    return [full((len(vidx), len(m), sum(layout.dims)), np.dtype(dtype)) for _, m in layout.groups]
+  if _on_host():  # numpy's LAPACK: the same factorisations, no program to compile
+    xs, xvs = distributed.gather((list(xs), list(xvs)))
+    y, yv = np.concatenate(xs, axis=1), np.concatenate(xvs, axis=1)
+    f64 = lambda a: np.asarray(a, np.float64)
+    out = []
+    for _, members in layout.groups:
+      sse = np.empty((len(vidx), len(members), y.shape[1]), np.float64)
+      for f, (vi, tm, vm) in enumerate(zip(vidx, tmask, vmask)):
+        for j, i in enumerate(members):
+          sse[f, j] = _ols_one(f64(xs[i]), f64(xvs[i][vi]), y, yv[vi], f64(tm), f64(vm), xp=np)
+      out.append(sse.astype(dtype))
+    return out
   y, yv = _concat(tuple(xs)), _concat(tuple(xvs))
   out = []
   with jax.enable_x64(True):
@@ -378,224 +333,348 @@ def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=
   return out
 
 
+# ----------------------------------------------------------------------------- columns
+#
+# The engines hold every model's rows side by side, Z [N, T] (T = ΣD, caller order), and
+# loop in Python over *source* width groups only: for source group a the targets are all
+# T columns at once, and per-target sums are products with the [T, M] one-hot column →
+# model map. The per-(source, target) width-pair work that cannot be written that way
+# (Procrustes' SVDs, the spectra's eigvalsh) runs after the engine in `_pair_block`: on
+# the host with numpy's LAPACK on a CPU backend, where it costs no compile, and as one
+# small jitted program per width pair on accelerators. The engine's kernel count then
+# grows with the number of source widths, not with the number of width pairs.
+
+
+def _offsets(layout: Layout) -> np.ndarray:
+  """The caller-order column offsets of the models in Z, [M + 1]."""
+  return np.concatenate([[0], np.cumsum(layout.dims)]).astype(np.int64)
+
+
+class _Seg(NamedTuple):
+  """Z's columns → models: `cols` [T, M] one-hot; `chunks` [T/c, M], the same for blocks
+  of c columns, c the widths' gcd (each block lies inside one model)."""
+
+  cols: jax.Array
+  chunks: jax.Array
+  c: int
+
+
+def _segments(layout: Layout, dtype) -> _Seg:
+  """The one-hots of `_Seg`, from an iota (no [T, M] literal in the program)."""
+  off = _offsets(layout).astype(np.int32)
+  c = int(np.gcd.reduce(np.asarray(layout.dims)))
+
+  def onehot(rows, step):
+    i = jax.lax.broadcasted_iota(jnp.int32, (rows, len(layout.dims)), 0) * step
+    return ((i >= off[None, :-1]) & (i < off[None, 1:])).astype(dtype)
+
+  return _Seg(onehot(int(off[-1]), 1), onehot(int(off[-1]) // c, c), c)
+
+
+def _segsum(x: jax.Array, seg: _Seg) -> jax.Array:
+  """Σ over each model's columns: [..., T] → [..., M].
+
+  In two steps: a reduction within blocks of c columns, then the block one-hot's
+  product. A product with the [T, M] one-hot alone accumulates up to d terms in one
+  float32 running sum (4.6e-7 relative on a 1,536-wide target's Σ ỹ², against 6e-8
+  for a reduction), and R² near 0 amplifies that (1.3e-4 relative at λ = 1e3 in
+  `bench_closed_form`).
+  """
+  blocks = jnp.sum(x.reshape(x.shape[:-1] + (x.shape[-1] // seg.c, seg.c)), axis=-1)
+  return ein("...u,um->...m", blocks, seg.chunks)
+
+
+def _to_cols(x: jax.Array, seg: _Seg) -> jax.Array:
+  """Per-model values onto the model's columns: [..., M] → [..., T] (exact: a one-hot)."""
+  return ein("...m,tm->...t", x, seg.cols)
+
+
+def _group_cols(x, layout: Layout, a: int, xp=jnp):
+  """x [..., T] → source group a's members' columns, [..., m_a, d_a]."""
+  off = _offsets(layout)
+  d, members = layout.groups[a]
+  return xp.stack([x[..., off[i] : off[i] + d] for i in members], axis=-2)
+
+
+def _gram(z: jax.Array, parts: int = 4) -> jax.Array:
+  """zᵀz [..., T, T] for z [..., N, T] from its upper block triangle.
+
+  `parts` row blocks, each against the columns from its own on: (q + 1)/2q of the full
+  product's flops (62.5 % for q = 4), in q products however many models there are.
+  """
+  t = z.shape[-1]
+  cuts = np.linspace(0, t, min(parts, t) + 1).astype(int)
+  q = len(cuts) - 1
+  upper = [
+      ein("...ni,...nj->...ij", z[..., cuts[i] : cuts[i + 1]], z[..., cuts[i] :]) for i in range(q)
+  ]
+  rows = []
+  for i in range(q):
+    left = [
+        jnp.swapaxes(upper[j][..., cuts[i] - cuts[j] : cuts[i + 1] - cuts[j]], -1, -2)
+        for j in range(i)
+    ]
+    rows.append(jnp.concatenate(left + [upper[i]], axis=-1))
+  return jnp.concatenate(rows, axis=-2)
+
+
+def _group_rows(c: jax.Array, layout: Layout, a: int) -> jax.Array:
+  """c [..., T, T] → source group a's members' rows, [..., m_a, d_a, T]."""
+  off = _offsets(layout)
+  d, members = layout.groups[a]
+  return jnp.stack([c[..., off[i] : off[i] + d, :] for i in members], axis=-3)
+
+
+def _self_blocks(ca: jax.Array, layout: Layout, a: int) -> jax.Array:
+  """ca [m_a, d_a, T] (group a's rows of the centred train Gram) → members' own blocks."""
+  off = _offsets(layout)
+  d, members = layout.groups[a]
+  return jnp.stack([ca[j, :, off[i] : off[i] + d] for j, i in enumerate(members)])
+
+
 # ----------------------------------------------------------------------------- core
 
 
-def _targets(st, layout):
-  """Per-target-group val quantities: g_B (diag), SST, weights, count of valid dims."""
-  out = []
-  for b, (d_b, _) in enumerate(layout.groups):
-    g = st["gdiag"][b]  # [m, d] = Σ ỹ²
-    sst = g - st["sv"][b] ** 2 / st["nv"]
-    ok = sst > metrics.CONST_DIM_RTOL * jnp.max(sst, axis=1, keepdims=True)
-    w = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
-    out.append(
-        {
-            "g": g,
-            "sst": sst,
-            "w": w,
-            "n_valid": jnp.sum(ok, axis=1).astype(g.dtype),
-            "sst_tot": jnp.sum(sst, axis=1),
-            "ssy": jnp.sum(g, axis=1),
-            "ssy_w": jnp.sum(w * g, axis=1),
-        }
-    )
-  return out
-
-
-def _path(st, eig, lambdas, layout, rcond, with_procrustes, ols, proj=None, yv=None, mesh=None):
-  """Val metrics for every pair × λ (+ Procrustes) from Grams; no predictions.
-
-  `ols[a]` [m_a, T] holds source group a's float64 min-norm OLS val SSE per target
-  column (`_exact_ols`, caller-order columns); it replaces the λ = 0 entries.
-
-  The val terms Q = Vᵀ G_AB and M = Vᵀ G_AA V come from the val Gram blocks, or, when
-  the projected val rows `proj[a] = x̃_v V [n, m_a, k]` and centred val rows `yv` are
-  given, as Q = x̂ᵀ ỹ and M = x̂ᵀ x̂ (fewer flops when n_val < d_A, and no val Gram).
-  """
-  tg = _targets(st, layout)
-  pairs = lambda x: gram_lib.constrain(x, mesh, None, PAIRS, None, None)  # target members
-  out = {}
-  for a, (d_a, _) in enumerate(layout.groups):
-    v, s = eig[a]
-    filt = lambda_filter(s, lambdas, rcond[a])  # [m_a, L, k]
-    if proj is None:
-      mv = ein("aik,aij,ajl->akl", v, member_diag(st["gv"][a, a]), v)  # [m_a, k, k]
-    else:
-      mv = ein("nak,nal->akl", proj[a], proj[a])
-    for b, (d_b, _) in enumerate(layout.groups):
-      t = tg[b]
-      p = pairs(ein("aik,aibj->abkj", v, st["c"][a, b]))  # [m_a, m_b, k, d_b]
-      if proj is None:
-        q = pairs(ein("aik,aibj->abkj", v, st["gv"][a, b]))
-      else:
-        q = pairs(ein("nak,nbj->abkj", proj[a], yv[b]))
-      pq = p * q
-      t1 = jnp.sum(pq, axis=-1)
-      t1w = ein("abkj,bj->abk", pq, t["w"])
-      pp = ein("abkj,ablj->abkl", p, p) * mv[:, None]
-      ppw = ein("abkj,ablj->abkl", p * t["w"][None, :, None], p) * mv[:, None]
-      quad = ein("ablk,alk->abl", ein("abkm,alm->ablk", pp, filt), filt)
-      quadw = ein("ablk,alk->abl", ein("abkm,alm->ablk", ppw, filt), filt)
-      sse = t["ssy"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1) + quad
-      ssew = t["ssy_w"][None, :, None] - 2.0 * ein("alk,abk->abl", filt, t1w) + quadw
-      cols = _columns(layout, b)
-      exact = ols[a][:, cols].reshape(ols[a].shape[0], len(layout.groups[b][1]), d_b)
-      e_sse = jnp.sum(exact, -1)[..., None].astype(sse.dtype)
-      at0 = (lambdas == 0) & ~jnp.isnan(e_sse)  # NaN: no exact value (`_no_ols`)
-      sse = jnp.where(at0, e_sse, sse)
-      ssew = jnp.where(at0, ein("abj,bj->ab", exact, t["w"])[..., None].astype(sse.dtype), ssew)
-      res = {
-          "path": metrics.sse_summaries(
-              sse, ssew, t["sst_tot"][None, :, None], t["n_valid"][None, :, None], st["nv"], d_b
-          ),
-          "p": p,
-          "filt": filt,
-      }
-      if with_procrustes:
-        res.update(_procrustes(st, a, b, t))
-      out[a, b] = res
-  return out, tg
-
-
-def _procrustes(st, a, b, t):
-  c = jnp.transpose(st["c"][a, b], (0, 2, 1, 3))  # [m_a, m_b, d_a, d_b]
-  r, sig = polar(c)
-  tr_aa = jnp.trace(member_diag(st["c"][a, a]), axis1=1, axis2=2)  # [m_a]
-  scale = jnp.sum(sig, axis=-1) / tr_aa[:, None]
-  gv_ab = jnp.transpose(st["gv"][a, b], (0, 2, 1, 3))
-  cross = jnp.sum(r * gv_ab, axis=2)  # [m_a, m_b, d_b]
-  quad = jnp.sum(r * ein("aik,abkj->abij", member_diag(st["gv"][a, a]), r), axis=2)
-  d_b = c.shape[-1]
-  res = {}
-  for name, sc in (("procrustes", jnp.ones_like(scale)), ("procrustes_scaled", scale)):
-    sse_j = t["g"][None] - 2.0 * sc[..., None] * cross + sc[..., None] ** 2 * quad
-    m = metrics.sse_summaries(
-        jnp.sum(sse_j, -1),
-        jnp.sum(t["w"][None] * sse_j, -1),
-        t["sst_tot"][None],
-        t["n_valid"][None],
-        st["nv"],
-        d_b,
-    )
-    m["scale"] = sc
-    res[name] = m
-  return res
-
-
-def _chosen(st, eig, paths, idx, rows_v, mask_v, med, layout, with_spectra, proj=None, mesh=None):
-  """Row-dependent part at the chosen λ: W, b, MAE/EAV/cosine, W diagnostics.
-
-  Predictions are laid out [m_a, m_b, n, d_b]; with `proj` (x̂ = x̃_v V) they are
-  x̂ (F P), which skips the x̃_v W product's wider contraction when k < d_A.
-  """
-  out = {}
-  for (a, b), pth in paths.items():
-    v, _ = eig[a]
-    d_a, d_b = layout.groups[a][0], layout.groups[b][0]
-    sel = idx[a, b]  # [m_a, m_b]
-    f = jnp.take_along_axis(pth["filt"][:, None], sel[..., None, None], axis=2)[..., 0, :]
-    dp = f[..., None] * pth["p"]  # [m_a, m_b, k, d_b]
-    w = ein("aik,abkj->abij", v, dp)
-    mu_a, mu_b = st["mu"][a], st["mu"][b]
-    bias = mu_b[None] - jnp.sum(mu_a[:, None, :, None] * w, axis=2)  # μ_B − μ_A W
-    res = {
-        "W": w,
-        "b": bias,
-        "bias_norm": jnp.linalg.norm(bias, axis=-1),
-        "target_mean_norm": jnp.broadcast_to(jnp.linalg.norm(mu_b, axis=-1)[None], sel.shape),
-    }
-    res["bias_ratio"] = res["bias_norm"] / res["target_mean_norm"]
-    if with_spectra:
-      k = dp.shape[-2]
-      sig = singular_values(dp)  # [m_a, m_b, min(k, d_b)]
-      extra = d_b - min(k, d_b)  # zero eigenvalues of WᵀW
-      res["spectrum"] = sig
-      res["orth_dev"] = jnp.sqrt(jnp.sum((sig**2 - 1.0) ** 2, -1) + extra) / np.sqrt(d_b)
-      res["orth_dev_min"] = jnp.sqrt(jnp.sum((sig**2 - 1.0) ** 2, -1) / min(d_a, d_b))
-    if rows_v is not None:
-      if proj is not None:
-        pred = ein("nak,abkj->abnj", proj[a], dp)
-      else:
-        pred = ein("nai,abij->abnj", rows_v[a] - mu_a, w)
-      pred = pred + mu_b[None, :, None]  # [m_a, m_b, n, d_b]
-      pred = gram_lib.constrain(pred, mesh, None, PAIRS, DATA, None)
-      yt = jnp.transpose(rows_v[b], (1, 0, 2))[None]  # [1, m_b, n, d_b]
-      nv = jnp.sum(mask_v)
-      sabs = jnp.sum(jnp.sum(jnp.abs(yt - pred), -1) * mask_v, -1)
-      dev = jnp.sum(jnp.sum(jnp.abs(yt[0] - med[b][:, None]), -1) * mask_v, -1)
-      res["mae"] = sabs / (nv * d_b)
-      res["eav"] = 1.0 - sabs / dev[None]
-      dot = jnp.sum(pred * yt, -1)
-      cos = dot / (jnp.sqrt(jnp.sum(pred * pred, -1) * jnp.sum(yt * yt, -1)) + 1e-30)
-      res["cos"] = jnp.sum(cos * mask_v, -1) / nv
-    out[a, b] = res
-  return out
-
-
-def _choose(mse_blocks):
-  """argmin over λ of val MSE (NaN-safe), per pair."""
+def _target_stats(sp: dict, seg: jax.Array) -> dict:
+  """Per val column the weight ω_j = 1/SST_j (0 on near-constant dims); per model the sums."""
+  g, sv, nv = sp["g"], sp["sv"], sp["nv"]
+  sst = g - sv**2 / nv
+  smax = jnp.max(jnp.where(seg.cols > 0, sst[:, None], -jnp.inf), axis=0)  # [M]
+  ok = sst > metrics.CONST_DIM_RTOL * _to_cols(smax, seg)
+  w = jnp.where(ok, 1.0 / jnp.where(ok, sst, 1.0), 0.0)
   return {
-      k: jnp.argmin(jnp.where(jnp.isnan(m), jnp.inf, m), axis=-1) for k, m in mse_blocks.items()
+      "w": w,
+      "n_valid": _segsum(ok.astype(g.dtype), seg),
+      "sst_tot": _segsum(sst, seg),
+      "ssy": _segsum(g, seg),
+      "ssy_w": _segsum(w * g, seg),
   }
 
 
-# ----------------------------------------------------------------------------- assembly
+# Per source member, the λ-path's val SSE costs (flops, up to a common factor):
+#   "direct"  residuals ỹ − x̂ F_λ P for every λ          L·n·k·T   (no cancellation)
+#   "gram"    (F p_j)ᵀ M (F p_j) per column, M = x̂ᵀ x̂     L·k²·T
+#   "pairs"   H_B = M ∘ P_B Ω P_Bᵀ once per target model  2·k²·T, but a few kernels per
+#             (source, target) width-group pair, so its compile grows with the pairs.
+# XLA:CPU compiles ~12 ms per kernel (BUILD_NOTES §7.1), ~5 kernels per pair: at ~100
+# GFLOP/s that is ~6 GFLOP of arithmetic, so "pairs" is taken only when it saves more.
+_PAIR_KERNEL_FLOPS = {"cpu": 6e9}
+_PAIR_KERNEL_FLOPS_ACCEL = 3e12  # ~60 ms of compile at tens of TFLOP/s
 
 
-def _assemble_pairs(blocks: dict, layout: Layout, fill_diag: bool = True):
-  arr = gram_lib.assemble(blocks, layout)
-  if fill_diag:
-    m = layout.n_models
-    eye = jnp.eye(m, dtype=bool).reshape((m, m) + (1,) * (arr.ndim - 2))
-    arr = jnp.where(eye, jnp.nan, arr)
-  return arr
-
-
-def _pad_last(x, n):
-  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])], constant_values=jnp.nan)
-
-
-def _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, with_procrustes, with_spectra):
-  keys = list(paths)
-  res = {"lambdas": lambdas}
-  res["ridge"] = {
-      m: _assemble_pairs({k: paths[k]["path"][m] for k in keys}, layout) for m in PATH_METRICS
+def _path_route(n: int, k: int, m: int, t: int, n_lambdas: int, n_groups: int) -> str:
+  """The cheapest of `_source_path`'s routes for a source group (see the table above)."""
+  per_kernel = _PAIR_KERNEL_FLOPS.get(jax.default_backend(), _PAIR_KERNEL_FLOPS_ACCEL)
+  cost = {
+      "direct": m * n_lambdas * n * k * t,
+      "gram": m * (n_lambdas * k * k * t + n * k * k),
+      "pairs": m * (2 * k * k * t + n * k * k) + per_kernel * n_groups,
   }
-  ch = {"lambda_index": _assemble_pairs({k: idx[k].astype(lambdas.dtype) for k in keys}, layout)}
-  ch["lambda"] = jnp.where(
-      jnp.isnan(ch["lambda_index"]),
-      jnp.nan,
-      lambdas[jnp.nan_to_num(ch["lambda_index"]).astype(jnp.int32)],
+  return min(cost, key=cost.get)
+
+
+def _source_path(ca, eig, xva, sp, tg, seg, lambdas, rcond, ols_a, dvec, layout):
+  """Val SSE of one source group to every target model over the λ-path.
+
+  Args:
+    ca: the group's rows of the centred train Gram, [m, d, T].
+    eig: `(V [m, d, k], s [m, k])`.
+    xva: the group's centred val rows [n, m, d].
+    sp: the split: `xv` [n, T] (centred, masked val rows), g, sv, nv, mu.
+    tg: `_target_stats(sp)`.
+    seg: the [T, M] one-hot.
+    lambdas: [L].
+    rcond: the λ = 0 cutoff.
+    ols_a: the float64 min-norm OLS val SSE per target column [m, T] (NaN: none).
+    dvec: [M] the target widths.
+    layout: the grouping.
+
+  Returns:
+    {sse, ssew: [m, M, L] (Σ_j SSE_j, Σ_j ω_j SSE_j), exact0 [m, M] (λ = 0's values are
+    the exact OLS ones), p [m, k, T] (P), filt [m, L, k], xh [m, n, k] (x̂, the val rows
+    in the eigenbasis)}.
+  """
+  v, s = eig
+  filt = lambda_filter(s, lambdas, rcond)  # [m, L, k]
+  p = ein("mdk,mdt->mkt", v, ca)  # P = Vᵀ C_AB, every target column at once
+  xh = ein("nmd,mdk->mnk", xva, v)  # x̂ = x̃_v V
+  (m, n, k), t = xh.shape, p.shape[-1]
+  route = _path_route(n, k, m, t, len(lambdas), len(layout.groups))
+  w = tg["w"]
+  if route == "direct":
+
+    def one(f):  # one λ, f [m, k]: Σ_n (ỹ − x̂ F p)² per column, then per target
+      e = sp["xv"][None] - ein("mnk,mkt->mnt", xh, f[..., None] * p)
+      e2 = jnp.sum(e * e, axis=1)
+      return _segsum(e2, seg), _segsum(e2 * w, seg)
+
+    sse, ssew = (jnp.moveaxis(a, 0, -1) for a in jax.lax.map(one, jnp.moveaxis(filt, 1, 0)))
+  else:
+    pq = p * ein("mnk,nt->mkt", xh, sp["xv"])  # P ∘ Q, Q = x̂ᵀ ỹ
+    lin = lambda wt: ein("mlk,mkb->mbl", filt, _segsum(pq * wt, seg))  # fᵀ t per target
+    mv = ein("mnk,mnl->mkl", xh, xh)  # M = x̂ᵀ x̂
+    if route == "gram":
+
+      def one(f):  # (F p_j)ᵀ M (F p_j) per column, then per target
+        fp = f[..., None] * p
+        qc = jnp.sum(fp * ein("mkl,mlt->mkt", mv, fp), axis=1)
+        return _segsum(qc, seg), _segsum(qc * w, seg)
+
+      quad, quadw = (jnp.moveaxis(a, 0, -1) for a in jax.lax.map(one, jnp.moveaxis(filt, 1, 0)))
+    else:  # "pairs": H = M ∘ (P_B Ω P_Bᵀ) per target model, fᵀ H f per λ
+      quad, quadw = [], []
+      for b, (d_b, mem_b) in enumerate(layout.groups):
+        cols = _columns(layout, b)
+        pb = p[:, :, cols].reshape(m, k, len(mem_b), d_b)
+        wb = jnp.stack([jnp.ones_like(w[cols]), w[cols]]).reshape(2, len(mem_b), d_b)
+        h = ein("mkbj,zbj,mlbj->zmbkl", pb, wb, pb) * mv[None, :, None]
+        qb = ein("mLk,zmbkl,mLl->zmbL", filt, h, filt)
+        quad.append(qb[0])
+        quadw.append(qb[1])
+      inv = np.asarray(layout.inverse)
+      quad, quadw = (jnp.concatenate(q, axis=1)[:, inv] for q in (quad, quadw))
+    sse = tg["ssy"][None, :, None] - 2.0 * lin(1.0) + quad
+    ssew = tg["ssy_w"][None, :, None] - 2.0 * lin(w) + quadw
+  have = ~jnp.isnan(ols_a)
+  exact = jnp.where(have, ols_a, 0.0).astype(sse.dtype)
+  full = _segsum(have.astype(sse.dtype), seg) == dvec  # an exact value for every column
+  at0 = (lambdas == 0)[None, None, :] & full[..., None]
+  sse = jnp.where(at0, _segsum(exact, seg)[..., None], sse)
+  ssew = jnp.where(at0, _segsum(exact * w, seg)[..., None], ssew)
+  return {"sse": sse, "ssew": ssew, "exact0": full, "p": p, "filt": filt, "xh": xh}
+
+
+def _source_chosen(path, idx, v, mu, mu_a, seg, xv, w_cols, rows):
+  """One source group's stitch to every target at the chosen λ, and its row sums.
+
+  Args:
+    path: `_source_path`'s output.
+    idx: [m, M] the chosen λ index per pair.
+    v: V [m, d, k].
+    mu: the train means [T]; mu_a: the group's, [m, d].
+    seg: the [T, M] one-hot.
+    xv: the centred, masked val rows [n, T].
+    w_cols: ω per val column [T].
+    rows: None, or (y [n, T] raw val rows, mask [n], med [T] val medians).
+
+  Returns:
+    {W [m, d, T], b [m, T], bias_sq [m, M] (‖b‖²), dp [m, k, T] (F P at the chosen λ),
+    ch_sse, ch_ssew [m, M] (the chosen stitch's val SSE from its residuals), with rows:
+    sabs [m, M] (Σ_n mask·|y − ŷ|₁), cos [m, M] (Σ_n mask·cos(ŷ, y))}.
+  """
+  f = jnp.take_along_axis(path["filt"][:, None], idx[:, :, None, None], axis=2)[:, :, 0]
+  dp = ein("mbk,tb->mkt", f, seg.cols) * path["p"]  # [m, k, T]
+  w = ein("mdk,mkt->mdt", v, dp)
+  bias = mu[None] - ein("md,mdt->mt", mu_a, w)  # μ_B − μ_A W
+  out = {"W": w, "b": bias, "bias_sq": _segsum(bias * bias, seg), "dp": dp}
+  # The chosen stitch's SSE from its residuals ỹ − x̂ F P (one λ: n·k·T): the path's
+  # Gram identity ‖ỹ‖² − 2fᵀt + fᵀHf cancels when the fit is good, these do not.
+  err = xv[None] - ein("mnk,mkt->mnt", path["xh"], dp)  # [m, n, T]; 0 on masked rows
+  e2 = jnp.sum(err * err, axis=1)
+  out["ch_sse"], out["ch_ssew"] = _segsum(e2, seg), _segsum(e2 * w_cols, seg)
+  if rows is not None:
+    y, mask, _ = rows
+    pred = y - err  # ŷ = μ_B + x̂ F P
+    out["sabs"] = _segsum(ein("mnt,n->mt", jnp.abs(err), mask), seg)
+    dot, pn = _segsum(pred * y, seg), _segsum(pred * pred, seg)  # [m, n, M]
+    cos = dot / (jnp.sqrt(pn * _segsum(y * y, seg)) + 1e-30)
+    out["cos"] = ein("mnb,n->mb", cos, mask)
+  return out
+
+
+def _controls(sp, tg, seg, rows):
+  """Sums for the train-mean (ŷ = μ_B) and zero (ŷ = 0) predictors, per target model."""
+  g, mu, sv, nv = sp["g"], sp["mu"], sp["sv"], sp["nv"]
+  zero = g + 2.0 * mu * sv + nv * mu**2  # Σ (ỹ + μ)²
+  out = {
+      "mean_sse": tg["ssy"],
+      "mean_ssew": tg["ssy_w"],
+      "zero_sse": _segsum(zero, seg),
+      "zero_ssew": _segsum(zero * tg["w"], seg),
+  }
+  if rows is not None:
+    y, mask, med = rows
+    colsum = lambda x: _segsum(mask @ x, seg)
+    out["dev"] = colsum(jnp.abs(y - med))  # Σ mask·|y − med|, EAV's denominator
+    out["mean_sabs"] = colsum(jnp.abs(y - mu))
+    out["zero_sabs"] = colsum(jnp.abs(y))
+    cos = _segsum(y * mu, seg) / (jnp.sqrt(_segsum(mu * mu, seg) * _segsum(y * y, seg)) + 1e-30)
+    out["mean_cos"] = mask @ cos
+  return out
+
+
+def _choose(mse):
+  """argmin over λ (the last axis) of val MSE, NaN-safe."""
+  return jnp.argmin(jnp.where(jnp.isnan(mse), jnp.inf, mse), axis=-1)
+
+
+def _split_paths(sp, ca, eig, lambdas, layout, rc, ols, seg):
+  """Every source group's λ-path on one split.
+
+  Returns:
+    `(paths, tabs, mse)`: per source group `_source_path`'s output; the pair sums sse,
+    ssew [M, M, L] (caller order) with the per-target sums; val MSE [M, M, L].
+  """
+  tg = _target_stats(sp, seg)
+  dvec = jnp.asarray(layout.dims, sp["g"].dtype)
+  paths = [
+      _source_path(
+          ca[a],
+          eig[a],
+          _group_cols(sp["xv"], layout, a),
+          sp,
+          tg,
+          seg,
+          lambdas,
+          rc[a],
+          ols[a],
+          dvec,
+          layout,
+      )
+      for a in range(len(layout.groups))
+  ]
+  rows = lambda k: gram_lib.to_caller_order(
+      jnp.concatenate([p[k] for p in paths], axis=0), layout, axes=1
   )
-  for m in PATH_METRICS:
-    ch[m] = _assemble_pairs(
-        {k: jnp.take_along_axis(paths[k]["path"][m], idx[k][..., None], -1)[..., 0] for k in keys},
-        layout,
+  tabs = {k: rows(k) for k in ("sse", "ssew", "exact0")} | tg
+  return paths, tabs, tabs["sse"] / (sp["nv"] * dvec)[None, :, None]
+
+
+def _split_chosen(sp, ca, eig, paths, tabs, idx, layout, seg, rows, procrustes, spectra):
+  """What an engine hands back for one split (see `_results`)."""
+  out = {k: tabs[k] for k in ("sse", "ssew", "sst_tot", "n_valid", "w", "exact0")}
+  out.update(idx=idx, g=sp["g"], mu=sp["mu"], nv=sp["nv"], W=[], b=[])
+  per_pair = {}
+  for a, (_, members) in enumerate(layout.groups):
+    mu_a = _group_cols(sp["mu"], layout, a)
+    ch = _source_chosen(
+        paths[a],
+        idx[np.asarray(members)],
+        eig[a][0],
+        sp["mu"],
+        mu_a,
+        seg,
+        sp["xv"],
+        tabs["w"],
+        rows,
     )
-  names = ["bias_norm", "target_mean_norm", "bias_ratio"]
-  if with_spectra:
-    names += ["orth_dev", "orth_dev_min"]
-  if "mae" in chosen[keys[0]]:
-    names += list(ROW_METRICS)
-  for m in names:
-    ch[m] = _assemble_pairs({k: chosen[k][m] for k in keys}, layout)
-  res["chosen"] = ch
-  if with_spectra:
-    r = max(layout.dims)
-    res["spectra"] = _assemble_pairs({k: _pad_last(chosen[k]["spectrum"], r) for k in keys}, layout)
-  if with_procrustes:
-    for name in ("procrustes", "procrustes_scaled"):
-      res[name] = {
-          m: _assemble_pairs({k: paths[k][name][m] for k in keys}, layout)
-          for m in PATH_METRICS + ("scale",)
-      }
-  res["controls"] = {
-      name: {m: gram_lib.assemble_vec([c[name][m] for c in ctrl], layout) for m in ctrl[0][name]}
-      for name in ("train_mean", "zero")
-  }
-  res["stitches"] = [{"W": chosen[k]["W"], "b": chosen[k]["b"]} for k in keys]
-  return res
+    out["W"].append(ch.pop("W"))
+    out["b"].append(ch.pop("b"))
+    if spectra:
+      out.setdefault("dp", []).append(ch["dp"])
+    del ch["dp"]
+    for k, x in ch.items():
+      per_pair.setdefault(k, []).append(x)
+  inv = np.asarray(layout.inverse)
+  out.update({k: jnp.concatenate(xs, axis=0)[inv] for k, xs in per_pair.items()})
+  out.update(_controls(sp, tabs, seg, rows))
+  if procrustes:
+    out["ca"], out["xv"] = list(ca), sp["xv"]
+    out["tr_aa"] = [
+        jnp.trace(_self_blocks(ca[a], layout, a), axis1=1, axis2=2)
+        for a in range(len(layout.groups))
+    ]
+  return out
 
 
 def _rcond(layout, dtype, rcond, ks):
@@ -645,10 +724,6 @@ def _fold_medians(xs, idx, mask):
   return [jax.vmap(one, in_axes=(None, 0, 0))(x, idx, mask.astype(x.dtype)) for x in xs]
 
 
-def _group_medians(meds, layout):
-  return [jnp.stack([meds[i] for i in members], axis=-2) for _, members in layout.groups]
-
-
 _jit_engine = functools.partial(
     jax.jit,
     static_argnames=(
@@ -660,6 +735,203 @@ _jit_engine = functools.partial(
         "mesh",
     ),
 )
+
+
+# ----------------------------------------------------------------------------- after the engine
+
+
+def _singular_values(x, xp):
+  """Singular values (descending) of x [..., m, n] from eigvalsh of the smaller Gram."""
+  m, n = x.shape[-2:]
+  xt = xp.swapaxes(x, -1, -2)
+  g = x @ xt if m <= n else xt @ x
+  if xp is jnp:
+    ev = gram_lib.linalg_map(jnp.linalg.eigvalsh, g, x.ndim - 2)
+  else:
+    ev = np.linalg.eigvalsh(g)
+  return xp.sqrt(xp.maximum(ev, 0.0))[..., ::-1]
+
+
+def _pair_block(xp, a, b, layout, ca, dp, xv, g, w, tr_aa, procrustes, spectra):
+  """Procrustes' val sums and the spectra of one (source, target) width-group pair.
+
+  Written once for numpy (`xp=np`, on the host: a CPU backend, no compile) and for
+  jax.numpy (jitted per width pair on accelerators).
+
+  Args:
+    xp: `np` or `jnp`.
+    a, b: the source and target group.
+    layout: the grouping.
+    ca: group a's rows of the centred train Gram [m_a, d_a, T].
+    dp: group a's F P at the chosen λ [m_a, k, T] (spectra) or None.
+    xv: the centred (masked) val rows [n, T].
+    g, w: per val column Σ ỹ² and ω [T].
+    tr_aa: tr C_AA per member of a [m_a].
+    procrustes, spectra: what to compute.
+
+  Returns:
+    {procrustes / procrustes_scaled: (Σ SSE, Σ ω SSE, scale), each [m_a, m_b];
+    spectrum: [m_a, m_b, min(k, d_b)]}.
+  """
+  cols_b = _columns(layout, b)
+  (d_a, mem_a), (d_b, mem_b) = layout.groups[a], layout.groups[b]
+  m_a, m_b = len(mem_a), len(mem_b)
+  out = {}
+  if procrustes:
+    c = xp.transpose(ca[:, :, cols_b].reshape(m_a, d_a, m_b, d_b), (0, 2, 1, 3))
+    u, sig, vt = xp.linalg.svd(c, full_matrices=False)
+    r = u @ vt  # the polar factor: (semi-)orthogonal whatever c's rank (`polar`)
+    xa = xp.swapaxes(_group_cols(xv, layout, a, xp), 0, 1)  # [m_a, n, d_a]
+    yb = xp.swapaxes(_group_cols(xv, layout, b, xp), 0, 1)  # [m_b, n, d_b]
+    pred = xa[:, None] @ r  # [m_a, m_b, n, d_b]
+    cross, quad = xp.sum(pred * yb[None], axis=2), xp.sum(pred * pred, axis=2)
+    gb, wb = g[cols_b].reshape(m_b, d_b)[None], w[cols_b].reshape(m_b, d_b)[None]
+    scale = xp.sum(sig, axis=-1) / tr_aa[:, None]
+    for name, sc in (("procrustes", xp.ones_like(scale)), ("procrustes_scaled", scale)):
+      sse_j = gb - 2.0 * sc[..., None] * cross + sc[..., None] ** 2 * quad
+      out[name] = (xp.sum(sse_j, -1), xp.sum(wb * sse_j, -1), sc)
+  if spectra:
+    k = dp.shape[1]
+    d = xp.transpose(dp[:, :, cols_b].reshape(m_a, k, m_b, d_b), (0, 2, 1, 3))
+    out["spectrum"] = _singular_values(d, xp)
+  return out
+
+
+_pair_block_jit = jax.jit(
+    functools.partial(_pair_block, jnp),
+    static_argnames=("a", "b", "layout", "procrustes", "spectra"),
+)
+
+
+def _on_host() -> bool:
+  """Per-pair linear algebra and result assembly in numpy (a CPU backend: no compile)."""
+  return jax.default_backend() == "cpu"
+
+
+def _pairs(raw, dev, layout, procrustes, spectra):
+  """`_pair_block` for every group pair; [M, M] (caller order) numpy results."""
+  if not (procrustes or spectra):
+    return {}
+  host = _on_host()
+  if host:
+    dev = distributed.gather(dev)
+  n_m = layout.n_models
+  out = {}
+  if procrustes:
+    for name in ("procrustes", "procrustes_scaled"):
+      out[name] = [np.full((n_m, n_m), np.nan, raw["g"].dtype) for _ in range(3)]
+  if spectra:
+    out["spectrum"] = np.full((n_m, n_m, max(layout.dims)), np.nan, raw["g"].dtype)
+  for a, (_, mem_a) in enumerate(layout.groups):
+    for b, (_, mem_b) in enumerate(layout.groups):
+      if a == b and len(mem_a) == 1:
+        continue  # the model with itself only (its result is NaN-filled)
+      args = dict(
+          a=a,
+          b=b,
+          layout=layout,
+          ca=dev["ca"][a] if procrustes else None,
+          dp=dev["dp"][a] if spectra else None,
+          xv=dev["xv"] if procrustes else None,
+          g=dev["g"],
+          w=dev["w"],
+          tr_aa=dev["tr_aa"][a] if procrustes else None,
+          procrustes=procrustes,
+          spectra=spectra,
+      )
+      res = _pair_block(np, **args) if host else distributed.gather(_pair_block_jit(**args))
+      ix = np.ix_(np.asarray(mem_a), np.asarray(mem_b))
+      for name in ("procrustes", "procrustes_scaled"):
+        if name in res:
+          for dst, src in zip(out[name], res[name]):
+            dst[ix] = src
+      if "spectrum" in res:
+        sig = res["spectrum"]
+        out["spectrum"][ix + (slice(0, sig.shape[-1]),)] = sig
+  return out
+
+
+def _finish(raw, pairs, layout, lambdas, ks, procrustes, spectra, predictions):
+  """One split's results tree (numpy, caller order) from the engine's sums.
+
+  Args:
+    raw: host copies of the engine's per-pair and per-target sums for this split.
+    pairs: `_pairs`' output.
+    layout: the grouping.
+    lambdas: the λ-path [L] (numpy, the engine's dtype).
+    ks: per model, its eigenbasis size k as a source.
+    procrustes, spectra, predictions: what was computed.
+
+  Returns:
+    The tree `fit_all_pairs` documents, without stitches and meta.
+  """
+  dtype = raw["g"].dtype
+  dims = np.asarray(layout.dims).astype(dtype)
+  n_m = len(dims)
+  nv = raw["nv"]
+  diag = np.eye(n_m, dtype=bool)
+
+  def nan_diag(x):
+    x = np.asarray(x)
+    return np.where(diag.reshape(diag.shape + (1,) * (x.ndim - 2)), np.nan, x).astype(x.dtype)
+
+  def summ(sse, ssew, extra):
+    t = (None, slice(None)) + (None,) * extra
+    return metrics.sse_summaries(sse, ssew, raw["sst_tot"][t], raw["n_valid"][t], nv, dims[t])
+
+  path = summ(raw["sse"], raw["ssew"], 1)
+  res = {"lambdas": lambdas, "ridge": {m: nan_diag(path[m]) for m in PATH_METRICS}}
+  idx = np.asarray(raw["idx"])
+  ch = {"lambda_index": nan_diag(idx.astype(lambdas.dtype))}
+  ch["lambda"] = nan_diag(lambdas[idx])
+  # The chosen λ's metrics from the stitch's own residuals, except at an exact-OLS λ = 0,
+  # whose values are the float64 least-squares ones (the stitch W there is f_0's).
+  direct = summ(raw["ch_sse"], raw["ch_ssew"], 0)
+  exact = raw["exact0"] & (lambdas[idx] == 0)
+  for m in PATH_METRICS:
+    at = np.take_along_axis(path[m], idx[..., None], -1)[..., 0]
+    ch[m] = nan_diag(np.where(exact, at, direct[m]))
+  off = _offsets(layout)[:-1]
+  tmn = np.sqrt(np.add.reduceat(raw["mu"] ** 2, off)).astype(raw["mu"].dtype)
+  ch["bias_norm"] = nan_diag(np.sqrt(raw["bias_sq"]))
+  ch["target_mean_norm"] = nan_diag(np.broadcast_to(tmn[None], (n_m, n_m)))
+  ch["bias_ratio"] = nan_diag(np.sqrt(raw["bias_sq"]) / tmn[None])
+  if spectra:
+    sig = pairs["spectrum"]
+    k = np.asarray(ks, dtype)[:, None]  # per source
+    extra = np.maximum(dims[None] - np.minimum(k, dims[None]), 0)
+    dev2 = np.nansum((sig**2 - 1.0) ** 2, -1)
+    ch["orth_dev"] = nan_diag(np.sqrt(dev2 + extra) / np.sqrt(dims[None]))
+    ch["orth_dev_min"] = nan_diag(np.sqrt(dev2 / np.minimum(dims[:, None], dims[None])))
+  if predictions:
+    ch["mae"] = nan_diag(raw["sabs"] / (nv * dims[None]))
+    ch["eav"] = nan_diag(1.0 - raw["sabs"] / raw["dev"][None])
+    ch["cos"] = nan_diag(raw["cos"] / nv)
+  res["chosen"] = ch
+  if spectra:
+    res["spectra"] = nan_diag(pairs["spectrum"])
+  if procrustes:
+    for name in ("procrustes", "procrustes_scaled"):
+      sse, ssew, scale = pairs[name]
+      res[name] = {k: nan_diag(v) for k, v in summ(sse, ssew, 0).items()}
+      res[name]["scale"] = nan_diag(scale)
+  ctrl = {}
+  for name, key in (("train_mean", "mean"), ("zero", "zero")):
+    ctrl[name] = dict(
+        metrics.sse_summaries(
+            raw[f"{key}_sse"], raw[f"{key}_ssew"], raw["sst_tot"], raw["n_valid"], nv, dims
+        )
+    )
+    if predictions:
+      sabs = raw[f"{key}_sabs"]
+      ctrl[name]["mae"] = sabs / (nv * dims)
+      ctrl[name]["eav"] = 1.0 - sabs / raw["dev"]
+      ctrl[name]["cos"] = (
+          raw["mean_cos"] / nv if key == "mean" else np.full(n_m, np.nan, sabs.dtype)
+      )
+  res["controls"] = {n: {k: np.asarray(v, dtype) for k, v in d.items()} for n, d in ctrl.items()}
+  tree = {k: v for k, v in res.items() if k != "lambdas"}
+  return {"lambdas": lambdas, **jax.tree.map(lambda x: np.asarray(x, dtype), tree)}
 
 
 # ----------------------------------------------------------------------------- single split
@@ -681,31 +953,61 @@ def _fit_impl(
     mesh=None,
 ):
   ntr, nv = train[0].shape[0], val[0].shape[0]
-  rows = lambda xs: [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
-  train, val = rows(train), rows(val)
-  zs_tr = gram_lib.stack_groups(train, layout)
-  zs_v = gram_lib.stack_groups(val, layout)
-  st, xc, yv = stats_from_rows(zs_tr, zs_v, val_gram=procrustes)
-  eig, ks = [], []
+  dtype = train[0].dtype
+  side = lambda xs: gram_lib.constrain(jnp.concatenate(xs, axis=1), mesh, DATA, None)
+  z, zv = side(train), side(val)
+  mu = jnp.mean(z, axis=0)
+  xc = gram_lib.constrain(z - mu, mesh, DATA, None)
+  xv = gram_lib.constrain(zv - mu, mesh, DATA, None)
+  seg = _segments(layout, dtype)
+  sp = {
+      "xv": xv,
+      "g": jnp.sum(xv * xv, axis=0),
+      "sv": jnp.sum(xv, axis=0),
+      "nv": jnp.asarray(nv, dtype),
+      "mu": mu,
+  }
+  c = _gram(xc)  # the centred train Gram of every model with every model, [T, T]
+  ca, eig = [], []
   for a, (d_a, _) in enumerate(layout.groups):
+    xa = _group_cols(xc, layout, a)  # [N, m, d]
+    ca.append(gram_lib.constrain(_group_rows(c, layout, a), mesh, None, None, PAIRS))
     if ntr < d_a:
-      eig.append(
-          source_eig_dual(xc[a], rcond if rcond is not None else default_rcond(ntr, train[0].dtype))
-      )
+      eig.append(source_eig_dual(xa, rcond if rcond is not None else default_rcond(ntr, dtype)))
     else:
-      eig.append(source_eig(member_diag(st["c"][a, a])))
-    ks.append(eig[-1][0].shape[-1])
-  rc = _rcond(layout, train[0].dtype, rcond, ks)
-  proj = [ein("nai,aik->nak", y, v) for y, (v, _) in zip(yv, eig)]  # x̂ = x̃_v V
+      eig.append(source_eig(_self_blocks(ca[-1], layout, a)))
+  rc = _rcond(layout, dtype, rcond, [e[0].shape[-1] for e in eig])
   ols = [o[0] for o in ols]
-  paths, tg = _path(st, eig, lambdas, layout, rc, procrustes, ols, proj=proj, yv=yv, mesh=mesh)
-  idx = _choose({k: p["path"]["mse"] for k, p in paths.items()})
-  mask = jnp.ones(nv, train[0].dtype)
-  med = _group_medians(med, layout) if predictions else None
-  rows = zs_v if predictions else None
-  chosen = _chosen(st, eig, paths, idx, rows, mask, med, layout, spectra, proj=proj, mesh=mesh)
-  ctrl = metrics.controls(st, tg, rows, mask, med, layout)
-  return _collect(st, paths, tg, chosen, ctrl, idx, lambdas, layout, procrustes, spectra)
+  paths, tabs, mse = _split_paths(sp, ca, eig, lambdas, layout, rc, ols, seg)
+  rows = (zv, jnp.ones(nv, dtype), jnp.concatenate(med)) if predictions else None
+  return _split_chosen(
+      sp, ca, eig, paths, tabs, _choose(mse), layout, seg, rows, procrustes, spectra
+  )
+
+
+_BIG = ("W", "b", "dp", "ca", "xv", "g", "w", "tr_aa")  # what `_pairs` and the stitches read
+
+
+def _small(out):
+  """Host copies of an engine output's sums (everything but the per-group arrays)."""
+  return distributed.gather({k: v for k, v in out.items() if k not in _BIG or k in ("g", "w")})
+
+
+def _results(out, small, layout, lambdas, ks, procrustes, spectra, predictions, fold=None):
+  """The results tree of one split (of fold f of a k-fold engine output with `fold=f`)."""
+  pick = (lambda x: x) if fold is None else (lambda x: x[fold])
+  small = jax.tree.map(pick, small)
+  dev = {k: jax.tree.map(pick, out[k]) for k in _BIG if k in out}
+  pairs = _pairs(small, dev, layout, procrustes, spectra)
+  with np.errstate(divide="ignore", invalid="ignore"):  # self pairs (NaN-filled) and log10(0)
+    return _finish(small, pairs, layout, lambdas, ks, procrustes, spectra, predictions)
+
+
+def _model_ks(layout, ks_group):
+  ks = np.zeros(layout.n_models, np.int64)
+  for k, (_, members) in zip(ks_group, layout.groups):
+    ks[list(members)] = k
+  return ks
 
 
 def _prepare(xs_lists, names, lambdas, control_dim, dtype):
@@ -719,18 +1021,13 @@ def _prepare(xs_lists, names, lambdas, control_dim, dtype):
 
 def _meta(layout, dims, control_dim, dtype):
   m = len(dims) - (1 if control_dim else 0)
-  srcs, tgts = [], []
-  for a, (_, ma) in enumerate(layout.groups):
-    for b, (_, mb) in enumerate(layout.groups):
-      srcs.append(np.asarray(ma))
-      tgts.append(np.asarray(mb))
   return {
       "dims": list(dims),
       "n_models": m,
       "control_index": m if control_dim else None,
       "dtype": str(np.dtype(dtype)),
-      "stitch_sources": srcs,
-      "stitch_targets": tgts,
+      "stitch_sources": [np.asarray(ma) for _, ma in layout.groups],
+      "column_offsets": _offsets(layout),
   }
 
 
@@ -778,8 +1075,10 @@ def fit_all_pairs(
     per-pair argmin-val-MSE λ (lambda, lambda_index, the path metrics, mae, eav, cos,
     bias_norm, target_mean_norm, bias_ratio, orth_dev, orth_dev_min); spectra
     [M', M', max d] (NaN padded); procrustes[_scaled][metric] [M', M'];
-    controls[train_mean|zero][metric] [M']; stitches: list over group pairs of
-    {W [m_a, m_b, d_a, d_b], b [m_a, m_b, d_b]}; meta (host-side layout info).
+    controls[train_mean|zero][metric] [M']; stitches: a list of
+    {W [m_a, d_a, T], b [m_a, T]} per source width group, every model's
+    columns side by side in caller order (`meta["column_offsets"]`), source members in
+    `meta["stitch_sources"]`; meta (host-side layout info).
 
   Raises:
     ValueError: `val` and `train` differ in model count, a shape mismatch, a non-finite
@@ -806,8 +1105,12 @@ def fit_all_pairs(
       predictions=predictions,
       mesh=mesh,
   )
-  out["meta"] = _meta(layout, alldims, control_dim, dtype)
-  return out
+  ntr = int(np.shape(train[0])[0])
+  ks = _model_ks(layout, [min(ntr, d) for d, _ in layout.groups])
+  res = _results(out, _small(out), layout, np.asarray(lam), ks, procrustes, spectra, predictions)
+  res["stitches"] = [{"W": w, "b": b} for w, b in zip(out["W"], out["b"])]
+  res["meta"] = _meta(layout, alldims, control_dim, dtype)
+  return res
 
 
 # ----------------------------------------------------------------------------- k-fold
@@ -831,40 +1134,41 @@ def _cv_impl(
 ):
   dtype = xs[0].dtype
   mask = mask.astype(dtype)
-  xs = [gram_lib.constrain(x, mesh, DATA, None) for x in xs]
-  zs = gram_lib.stack_groups(xs, layout)
-  shift = [jnp.mean(z, axis=0) for z in zs]
-  st = metrics.fold_stats([z - s for z, s in zip(zs, shift)], idx, mask)
-  st["mu"] = [m + s[None] for m, s in zip(st["mu"], shift)]  # raw coordinates
-  ks = [d for d, _ in layout.groups]
-  rc = _rcond(layout, dtype, rcond, ks)
-  rows = [z[idx] for z in zs] if predictions else None  # [K, n_f, m, d]
-  med = _group_medians(med, layout) if predictions else None  # [K, m, d] per group
+  z = gram_lib.constrain(jnp.concatenate(xs, axis=1), mesh, DATA, None)
+  shift = jnp.mean(z, axis=0)  # so fold means are small and G − n μμᵀ does not cancel badly
+  z = z - shift
+  zf = z[idx] * mask[..., None]  # [K, n_f, T]
+  nf = jnp.sum(mask, axis=1)  # [K]
+  ntr = z.shape[0] - nf
+  sf = jnp.sum(zf, axis=1)
+  mu = (jnp.sum(sf, axis=0)[None] - sf) / ntr[:, None]  # [K, T] fold train means
+  seg = _segments(layout, dtype)
+  # Fold f's centred train Gram rows from per-fold Grams, no refit from rows:
+  # C_tr = (G_all − G_f) − n_tr μμᵀ (the train rows are every row outside fold f).
+  c = _gram(z)[None] - _gram(zf) - ntr[:, None, None] * ein("fi,fj->fij", mu, mu)  # [K, T, T]
+  ca = [_group_rows(c, layout, a) for a in range(len(layout.groups))]
+  xv = (zf - mu[:, None]) * mask[..., None]  # val rows centred by the fold's train mean
+  sp = {"xv": xv, "g": jnp.sum(xv * xv, 1), "sv": jnp.sum(xv, 1), "nv": nf, "mu": mu + shift}
+  rc = _rcond(layout, dtype, rcond, [d for d, _ in layout.groups])
+  rows = (z[idx] + shift, mask, jnp.concatenate(med, axis=-1)) if predictions else None
 
   def path_one(args):
-    stf, olsf = args
-    eig = [source_eig(member_diag(stf["c"][a, a])) for a in range(len(layout.groups))]
-    paths, tg = _path(stf, eig, lambdas, layout, rc, procrustes, olsf, mesh=mesh)
-    return eig, paths, tg
+    spf, caf, olsf = args
+    eig = [source_eig(_self_blocks(caf[a], layout, a)) for a in range(len(layout.groups))]
+    paths, tabs, mse = _split_paths(spf, caf, eig, lambdas, layout, rc, olsf, seg)
+    return eig, paths, tabs, mse
 
   # lax.map, not vmap: folds run one after another (bounded memory; no batched LAPACK).
-  eig, paths, tg = jax.lax.map(path_one, (st, ols))
-  # λ per pair: argmin of the mean over folds of val MSE.
-  idx_l = _choose({k: jnp.mean(p["path"]["mse"], axis=0) for k, p in paths.items()})
+  eig, paths, tabs, mse = jax.lax.map(path_one, (sp, ca, ols))
+  idx_l = _choose(jnp.mean(mse, axis=0))  # λ per pair: argmin of the fold-mean val MSE
 
   def chosen_one(args):
-    stf, eigf, pathsf, tgf, rowsf, maskf, medf = args
-    ch = _chosen(stf, eigf, pathsf, idx_l, rowsf, maskf, medf, layout, spectra, mesh=mesh)
-    ctrl = metrics.controls(stf, tgf, rowsf, maskf, medf, layout)
-    return _collect(stf, pathsf, tgf, ch, ctrl, idx_l, lambdas, layout, procrustes, spectra)
+    spf, caf, eigf, pathsf, tabsf, rowsf = args
+    return _split_chosen(
+        spf, caf, eigf, pathsf, tabsf, idx_l, layout, seg, rowsf, procrustes, spectra
+    )
 
-  folds = jax.lax.map(chosen_one, (st, eig, paths, tg, rows, mask, med))
-  folds.pop("stitches")
-  folds["lambdas"] = lambdas
-  stat = {k: v for k, v in folds.items() if k not in ("lambdas",)}
-  mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), stat)
-  std = jax.tree.map(lambda x: jnp.std(x, axis=0, ddof=1), stat)
-  return {"lambdas": lambdas, "folds": stat, "mean": mean, "std": std}
+  return jax.lax.map(chosen_one, (sp, ca, eig, paths, tabs, rows))
 
 
 def cross_validate_all_pairs(
@@ -938,6 +1242,21 @@ def cross_validate_all_pairs(
       predictions=predictions,
       mesh=mesh,
   )
+  lam, ks = np.asarray(lam), _model_ks(layout, [d for d, _ in layout.groups])
+  small = _small(out)
+  folds = [
+      _results(out, small, layout, lam, ks, procrustes, spectra, predictions, fold=f)
+      for f in range(len(idx))
+  ]
+  stat = jax.tree.map(
+      lambda *x: np.stack(x), *[{k: v for k, v in f.items() if k != "lambdas"} for f in folds]
+  )
+  out = {
+      "lambdas": lam,
+      "folds": stat,
+      "mean": jax.tree.map(lambda x: np.mean(x, axis=0), stat),
+      "std": jax.tree.map(lambda x: np.std(x, axis=0, ddof=1), stat),
+  }
   out["meta"] = _meta(layout, alldims, control_dim, dtype)
   out["meta"]["n_folds"] = n_folds
   return out

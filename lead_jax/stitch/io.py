@@ -49,14 +49,16 @@ def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[
   meta = results["meta"]
   lam = np.asarray(results["chosen"]["lambda"])
   tree, info = {}, []
-  for blk, srcs, tgts in zip(results["stitches"], meta["stitch_sources"], meta["stitch_targets"]):
-    w, b = np.asarray(blk["W"]), np.asarray(blk["b"])
+  off = np.asarray(meta["column_offsets"])
+  for blk, srcs in zip(results["stitches"], meta["stitch_sources"]):
+    w, b = np.asarray(blk["W"]), np.asarray(blk["b"])  # [m_a, d_a, T], [m_a, T]
     for i, s in enumerate(srcs):
-      for j, t in enumerate(tgts):
+      for t in range(len(off) - 1):
         if s == t:
           continue
         key = f"pair_{s:03d}_{t:03d}"
-        tree[key] = {"W": w[i, j], "b": b[i, j], "lam": np.asarray(lam[s, t])}
+        cols = slice(off[t], off[t + 1])
+        tree[key] = {"W": w[i][:, cols], "b": b[i][cols], "lam": np.asarray(lam[s, t])}
         info.append(
             {
                 "key": key,
@@ -64,8 +66,8 @@ def chosen_stitches(results: dict, names: Sequence[str] | None = None) -> tuple[
                 "target": names[t],
                 "source_index": int(s),
                 "target_index": int(t),
-                "source_dim": int(w.shape[2]),
-                "target_dim": int(w.shape[3]),
+                "source_dim": int(w.shape[1]),
+                "target_dim": int(off[t + 1] - off[t]),
                 "lam": float(lam[s, t]),
             }
         )

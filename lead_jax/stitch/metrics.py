@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lead_jax.similarity.gram import CONTROL_NAME, ein
+from lead_jax.similarity.gram import CONTROL_NAME
 
 PATH_METRICS = ("mse", "log10_mse", "r2", "r2_vw")
 ROW_METRICS = ("mae", "eav", "cos")
@@ -93,9 +93,10 @@ def sse_summaries(sse_total, sse_w, sst_tot, n_valid, nv, d_b):
     `{"mse", "log10_mse", "r2", "r2_vw"}`, broadcast over the inputs' shapes.
   """
   mse = sse_total / (nv * d_b)
+  xp = np if isinstance(mse, (np.ndarray, np.generic)) else jnp  # numpy in, numpy out
   return {
       "mse": mse,
-      "log10_mse": jnp.log10(mse),
+      "log10_mse": xp.log10(mse),
       "r2": 1.0 - sse_w / n_valid,
       "r2_vw": 1.0 - sse_total / sst_tot,
   }
@@ -136,99 +137,6 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   srt = jnp.sort(big, axis=0)
   c = jnp.sum(mask > 0).astype(jnp.int32)
   return 0.5 * (srt[(c - 1) // 2] + srt[c // 2])
-
-
-def fold_stats(zs, idx, mask):
-  """Per-fold statistics from per-fold Grams, no refit from rows.
-
-  The train Gram of fold f is Σ_{g≠f} G_g = G_all − G_f; centring by the train mean μ:
-
-      C_tr = G_tr − n_tr μμᵀ,   G_v = G_f − S_f μᵀ − μ S_fᵀ + n_f μμᵀ,   s_v = S_f − n_f μ.
-
-  Args:
-    zs: grouped rows [N, m, d] already shifted by the global mean (so fold means are
-      small and `G − n μμᵀ` does not cancel badly).
-    idx: [K, n_f] row indices of each fold (padded).
-    mask: [K, n_f] 1 for a real row of the fold, 0 for padding.
-
-  Returns:
-    The statistics dict of `closed_form.stats_from_rows`, each leaf with a leading [K]
-    axis: c (train Gram blocks centred by the train mean), gv (val Gram blocks centred by
-    it), gdiag, sv, nv, and mu (train means, in the shifted coordinates).
-  """
-  zf = [z[idx] * mask[..., None, None] for z in zs]  # [K, n_f, m, d]
-  n = len(zs)
-  gf = {(a, b): ein("fnip,fnjq->fipjq", zf[a], zf[b]) for a in range(n) for b in range(a, n)}
-  for a in range(n):
-    for b in range(a):
-      gf[a, b] = jnp.transpose(gf[b, a], (0, 3, 4, 1, 2))
-  sf = [jnp.sum(z, axis=1) for z in zf]  # [K, m, d]
-  nf = jnp.sum(mask, axis=1)  # [K]
-  ntot = jnp.sum(nf)
-  ntr = ntot - nf
-  mu = [(jnp.sum(s, axis=0)[None] - s) / ntr[:, None, None] for s in sf]  # [K, m, d]
-  out_c, out_gv = {}, {}
-  for (a, b), g in gf.items():
-    outer = ein("fip,fjq->fipjq", mu[a], mu[b])
-    cross_ab = ein("fip,fjq->fipjq", sf[a], mu[b])
-    cross_ba = ein("fip,fjq->fipjq", mu[a], sf[b])
-    gall = jnp.sum(g, axis=0)[None]
-    out_c[a, b] = (gall - g) - ntr[:, None, None, None, None] * outer
-    out_gv[a, b] = g - cross_ab - cross_ba + nf[:, None, None, None, None] * outer
-  sv = [s - nf[:, None, None] * m for s, m in zip(sf, mu)]
-  gdiag = [
-      jnp.diagonal(
-          jnp.moveaxis(jnp.diagonal(out_gv[a, a], axis1=1, axis2=3), -1, 1), axis1=2, axis2=3
-      )
-      for a in range(n)
-  ]  # [K, m, d]: Σ ỹ² per column
-  return {"c": out_c, "gv": out_gv, "gdiag": gdiag, "sv": sv, "nv": nf, "mu": mu}
-
-
-def controls(st, tg, rows_v, mask_v, med, layout):
-  """Train-mean estimator (ŷ = μ_B) and zero predictor (ŷ = 0), per target.
-
-  Args:
-    st: the split's sufficient statistics (`nv`, `mu`, `sv`).
-    tg: per target group, the val quantities (g, w, sst_tot, n_valid) of the closed form.
-    rows_v: per group, the val rows [n, m, d] for the row metrics; None: Gram metrics only.
-    mask_v: [n] val row weights.
-    med: per group, the val medians [m, d] (with `rows_v`).
-    layout: the grouping.
-
-  Returns:
-    Per target group, `{"train_mean": metrics, "zero": metrics}`, each metric [m_b].
-  """
-  out = []
-  nv = st["nv"]
-  for b, (d_b, _) in enumerate(layout.groups):
-    t, mu, sv = tg[b], st["mu"][b], st["sv"][b]
-    sse_mean = t["g"]  # Σ ỹ²
-    sse_zero = t["g"] + 2.0 * mu * sv + nv * mu**2  # Σ (ỹ + μ)²
-    res = {}
-    for name, sse_j in (("train_mean", sse_mean), ("zero", sse_zero)):
-      res[name] = sse_summaries(
-          jnp.sum(sse_j, -1), jnp.sum(t["w"] * sse_j, -1), t["sst_tot"], t["n_valid"], nv, d_b
-      )
-    if rows_v is not None:
-      yv = rows_v[b]  # [n, m, d]
-      dev = ein("nbj,n->b", jnp.abs(yv - med[b][None]), mask_v)
-      for name, pred in (
-          ("train_mean", jnp.broadcast_to(mu[None], yv.shape)),
-          ("zero", jnp.zeros_like(yv)),
-      ):
-        sabs = ein("nbj,n->b", jnp.abs(yv - pred), mask_v)
-        res[name]["mae"] = sabs / (nv * d_b)
-        res[name]["eav"] = 1.0 - sabs / dev
-        if name == "zero":
-          res[name]["cos"] = jnp.full(sabs.shape, jnp.nan, sabs.dtype)  # cos(0, y) undefined
-        else:
-          cos = jnp.sum(pred * yv, -1) / (
-              jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(yv, axis=-1) + 1e-30
-          )
-          res[name]["cos"] = ein("nb,n->b", cos, mask_v) / nv
-    out.append(res)
-  return out
 
 
 def fold_indices(n: int, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
