@@ -69,7 +69,9 @@ s* = tr Σ / tr C_AA.  Its val SSE comes from the val rows' residuals ỹ − s 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -77,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+import threadpoolctl
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lead_jax import distributed
@@ -308,14 +311,21 @@ def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=
     xs, xvs = distributed.gather((list(xs), list(xvs)))
     y, yv = np.concatenate(xs, axis=1), np.concatenate(xvs, axis=1)
     f64 = lambda a: np.asarray(a, np.float64)
-    out = []
-    for _, members in layout.groups:
-      sse = np.empty((len(vidx), len(members), y.shape[1]), np.float64)
-      for f, (vi, tm, vm) in enumerate(zip(vidx, tmask, vmask)):
-        for j, i in enumerate(members):
-          sse[f, j] = _ols_one(f64(xs[i]), f64(xvs[i][vi]), y, yv[vi], f64(tm), f64(vm), xp=np)
-      out.append(sse.astype(dtype))
-    return out
+    jobs = [(f, i) for f in range(len(vidx)) for i in range(len(xs))]
+    one = lambda fi: _ols_one(
+        f64(xs[fi[1]]),
+        f64(xvs[fi[1]][vidx[fi[0]]]),
+        y,
+        yv[vidx[fi[0]]],
+        f64(tmask[fi[0]]),
+        f64(vmask[fi[0]]),
+        xp=np,
+    )
+    sse = dict(zip(jobs, _host_map(one, jobs)))
+    return [
+        np.asarray([[sse[f, i] for i in members] for f in range(len(vidx))], dtype)
+        for _, members in layout.groups
+    ]
   y, yv = _concat(tuple(xs)), _concat(tuple(xvs))
   out = []
   with jax.enable_x64(True):
@@ -803,6 +813,19 @@ _pair_block_jit = jax.jit(
 )
 
 
+def _host_map(fn, items) -> list:
+  """[fn(x) for x in items] on a thread per core, numpy's BLAS at one thread each.
+
+  The items are LAPACK-bound (SVDs, QRs), which parallelise poorly inside OpenBLAS:
+  side by side, one thread each, they ran ~2.5× faster on 2 cores (BUILD_NOTES §7.2).
+  """
+  with (
+      threadpoolctl.threadpool_limits(1, user_api="blas"),
+      concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+  ):
+    return list(pool.map(fn, items))
+
+
 def _on_host() -> bool:
   """Per-pair linear algebra and result assembly in numpy (a CPU backend: no compile)."""
   return jax.default_backend() == "cpu"
@@ -822,32 +845,41 @@ def _pairs(raw, dev, layout, procrustes, spectra):
       out[name] = [np.full((n_m, n_m), np.nan, raw["g"].dtype) for _ in range(3)]
   if spectra:
     out["spectrum"] = np.full((n_m, n_m, max(layout.dims)), np.nan, raw["g"].dtype)
-  for a, (_, mem_a) in enumerate(layout.groups):
-    for b, (_, mem_b) in enumerate(layout.groups):
-      if a == b and len(mem_a) == 1:
-        continue  # the model with itself only (its result is NaN-filled)
-      args = dict(
-          a=a,
-          b=b,
-          layout=layout,
-          ca=dev["ca"][a] if procrustes else None,
-          dp=dev["dp"][a] if spectra else None,
-          xv=dev["xv"] if procrustes else None,
-          g=dev["g"],
-          w=dev["w"],
-          tr_aa=dev["tr_aa"][a] if procrustes else None,
-          procrustes=procrustes,
-          spectra=spectra,
-      )
-      res = _pair_block(np, **args) if host else distributed.gather(_pair_block_jit(**args))
-      ix = np.ix_(np.asarray(mem_a), np.asarray(mem_b))
-      for name in ("procrustes", "procrustes_scaled"):
-        if name in res:
-          for dst, src in zip(out[name], res[name]):
-            dst[ix] = src
-      if "spectrum" in res:
-        sig = res["spectrum"]
-        out["spectrum"][ix + (slice(0, sig.shape[-1]),)] = sig
+  todo = [
+      (a, b)
+      for a, (_, mem_a) in enumerate(layout.groups)
+      for b in range(len(layout.groups))
+      if not (a == b and len(mem_a) == 1)  # the model with itself only (NaN-filled)
+  ]
+
+  def one(ab):
+    a, b = ab
+    args = dict(
+        a=a,
+        b=b,
+        layout=layout,
+        ca=dev["ca"][a] if procrustes else None,
+        dp=dev["dp"][a] if spectra else None,
+        xv=dev["xv"] if procrustes else None,
+        g=dev["g"],
+        w=dev["w"],
+        tr_aa=dev["tr_aa"][a] if procrustes else None,
+        procrustes=procrustes,
+        spectra=spectra,
+    )
+    return _pair_block(np, **args) if host else distributed.gather(_pair_block_jit(**args))
+
+  results = _host_map(one, todo) if host else [one(ab) for ab in todo]
+  for (a, b), res in zip(todo, results):
+    mem_a, mem_b = layout.groups[a][1], layout.groups[b][1]
+    ix = np.ix_(np.asarray(mem_a), np.asarray(mem_b))
+    for name in ("procrustes", "procrustes_scaled"):
+      if name in res:
+        for dst, src in zip(out[name], res[name]):
+          dst[ix] = src
+    if "spectrum" in res:
+      sig = res["spectrum"]
+      out["spectrum"][ix + (slice(0, sig.shape[-1]),)] = sig
   return out
 
 
