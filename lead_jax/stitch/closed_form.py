@@ -1029,7 +1029,10 @@ def _results(out, small, layout, lambdas, ks, procrustes, spectra, predictions, 
   """The results tree of one split (of fold f of a k-fold engine output with `fold=f`)."""
   pick = (lambda x: x) if fold is None else (lambda x: x[fold])
   small = jax.tree.map(pick, small)
-  dev = {k: jax.tree.map(pick, out[k]) for k in _BIG if k in out}
+  dev = {k: out[k] for k in _BIG if k in out}
+  if _on_host():  # numpy views, not an eager slicing program per array
+    dev = distributed.gather(dev)
+  dev = jax.tree.map(pick, dev)
   pairs = _pairs(small, dev, layout, procrustes, spectra)
   with np.errstate(divide="ignore", invalid="ignore"):  # self pairs (NaN-filled) and log10(0)
     return _finish(small, pairs, layout, lambdas, ks, procrustes, spectra, predictions)
