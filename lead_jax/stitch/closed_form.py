@@ -468,13 +468,13 @@ def _target_stats(sp: dict, seg: jax.Array) -> dict:
 #             (source, target) width-group pair, so its compile grows with the pairs.
 # XLA:CPU compiles ~12 ms per kernel (BUILD_NOTES §7.1), ~5 kernels per pair: at ~100
 # GFLOP/s that is ~6 GFLOP of arithmetic, so "pairs" is taken only when it saves more.
-_PAIR_KERNEL_FLOPS = {"cpu": 6e9}
+_PAIR_KERNEL_FLOPS_CPU = 6e9
 _PAIR_KERNEL_FLOPS_ACCEL = 3e12  # ~60 ms of compile at tens of TFLOP/s
 
 
 def _path_route(n: int, k: int, m: int, t: int, n_lambdas: int, n_groups: int) -> str:
   """The cheapest of `_source_path`'s routes for a source group (see the table above)."""
-  per_kernel = _PAIR_KERNEL_FLOPS.get(jax.default_backend(), _PAIR_KERNEL_FLOPS_ACCEL)
+  per_kernel = _PAIR_KERNEL_FLOPS_CPU if _on_host() else _PAIR_KERNEL_FLOPS_ACCEL
   cost = {
       "direct": m * n_lambdas * n * k * t,
       "gram": m * (n_lambdas * k * k * t + n * k * k),
@@ -835,9 +835,7 @@ def _pairs(raw, dev, layout, procrustes, spectra):
   """`_pair_block` for every group pair; [M, M] (caller order) numpy results."""
   if not (procrustes or spectra):
     return {}
-  host = _on_host()
-  if host:
-    dev = distributed.gather(dev)
+  host = _on_host()  # `_results` hands numpy copies then
   n_m = layout.n_models
   out = {}
   if procrustes:
@@ -861,8 +859,8 @@ def _pairs(raw, dev, layout, procrustes, spectra):
         ca=dev["ca"][a] if procrustes else None,
         dp=dev["dp"][a] if spectra else None,
         xv=dev["xv"] if procrustes else None,
-        g=dev["g"],
-        w=dev["w"],
+        g=raw["g"],
+        w=raw["w"],
         tr_aa=dev["tr_aa"][a] if procrustes else None,
         procrustes=procrustes,
         spectra=spectra,
@@ -1017,12 +1015,12 @@ def _fit_impl(
   )
 
 
-_BIG = ("W", "b", "dp", "ca", "xv", "g", "w", "tr_aa")  # what `_pairs` and the stitches read
+_BIG = ("W", "b", "dp", "ca", "xv", "tr_aa")  # per source group / per row: `_pairs`, stitches
 
 
 def _small(out):
   """Host copies of an engine output's sums (everything but the per-group arrays)."""
-  return distributed.gather({k: v for k, v in out.items() if k not in _BIG or k in ("g", "w")})
+  return distributed.gather({k: v for k, v in out.items() if k not in _BIG})
 
 
 def _results(out, small, layout, lambdas, ks, procrustes, spectra, predictions, fold=None):
