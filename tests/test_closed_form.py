@@ -245,3 +245,39 @@ def test_exact_ols_switch():
   ma, mb = np.asarray(a["ridge"]["mse"]), np.asarray(b["ridge"]["mse"])
   np.testing.assert_allclose(mb, ma, rtol=1e-4)  # well conditioned: both are OLS
   np.testing.assert_array_equal(mb[..., 1], ma[..., 1])  # λ > 0 untouched
+
+
+_ONE_CORE = """
+import json, os, sys
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import numpy as np
+from lead_jax.stitch import closed_form as cf
+from tests._helpers import correlated
+xs = [x.astype(np.float32) for x in correlated([6, 9, 6], 90, seed=3)]
+fit = cf.fit_all_pairs([x[:70] for x in xs], [x[70:] for x in xs], [0.0, 1.0], control_dim=4)
+cv = cf.cross_validate_all_pairs(xs, [0.0, 1.0], n_folds=3, control_dim=4)
+print(json.dumps({"fit": np.nan_to_num(fit["chosen"]["eav"]).tolist(),
+                  "cv": np.nan_to_num(cv["mean"]["chosen"]["eav"]).tolist()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="no affinity")
+def test_one_core_process_finishes():
+  """A process confined to one core fits and cross-validates (the val medians once ran as
+  a host callback that deadlocked there), with the same EAV as this process."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "-c", _ONE_CORE], cwd=root, capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  xs = [x.astype(np.float32) for x in correlated([6, 9, 6], 90, seed=3)]
+  fit = cf.fit_all_pairs([x[:70] for x in xs], [x[70:] for x in xs], [0.0, 1.0], control_dim=4)
+  cv = cf.cross_validate_all_pairs(xs, [0.0, 1.0], n_folds=3, control_dim=4)
+  np.testing.assert_allclose(got["fit"], np.nan_to_num(fit["chosen"]["eav"]), atol=1e-6)
+  np.testing.assert_allclose(got["cv"], np.nan_to_num(cv["mean"]["chosen"]["eav"]), atol=1e-6)

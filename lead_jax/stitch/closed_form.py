@@ -722,16 +722,37 @@ def _append_control(xs_lists, control_dim, seed, dtype, mesh):
 
 
 @jax.jit
-def _medians(xs):
-  """Per model, the per-dimension median of its rows ([d])."""
+def _medians_dev(xs):
   return [metrics.masked_median(x) for x in xs]
 
 
 @jax.jit
-def _fold_medians(xs, idx, mask):
-  """Per model and fold, the per-dimension median of the fold's rows ([K, d])."""
+def _fold_medians_dev(xs, idx, mask):
   one = lambda x, i, m: metrics.masked_median(x[i], m)
   return [jax.vmap(one, in_axes=(None, 0, 0))(x, idx, mask.astype(x.dtype)) for x in xs]
+
+
+# On a CPU backend the medians are numpy's partition on the host, outside any program:
+# XLA's CPU sort is ~10× slower, and a host callback inside a program deadlocked when the
+# process had one core (the callback's argument transfer waits on the one busy CPU thread).
+
+
+def _medians(xs):
+  """Per model, the per-dimension median of its rows ([d])."""
+  if not _on_host():
+    return _medians_dev(tuple(xs))
+  return [np.median(x, axis=0).astype(x.dtype) for x in distributed.gather(list(xs))]
+
+
+def _fold_medians(xs, idx, mask):
+  """Per model and fold, the per-dimension median of the fold's rows ([K, d])."""
+  if not _on_host():
+    return _fold_medians_dev(tuple(xs), jnp.asarray(idx), jnp.asarray(mask))
+  idx, mask = np.asarray(idx), np.asarray(mask)
+  return [
+      np.stack([np.median(x[i[m > 0]], axis=0) for i, m in zip(idx, mask)]).astype(x.dtype)
+      for x in distributed.gather(list(xs))
+  ]
 
 
 _jit_engine = functools.partial(
@@ -821,9 +842,14 @@ def _host_map(fn, items) -> list:
   """
   with (
       threadpoolctl.threadpool_limits(1, user_api="blas"),
-      concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool,
+      concurrent.futures.ThreadPoolExecutor(_cores()) as pool,
   ):
     return list(pool.map(fn, items))
+
+
+def _cores() -> int:
+  """The cores this process may run on (its affinity mask, not the machine's count)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _on_host() -> bool:

@@ -105,10 +105,10 @@ def sse_summaries(sse_total, sse_w, sst_tot, n_valid, nv, d_b):
 def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Median over rows of y [n, ...] counting only rows with mask 1 (all rows if None).
 
-  XLA's CPU sort is a generic comparator sort, ~10× slower than numpy's partition on
-  these shapes (160 ms for 1000×1536), so on a single CPU device the median is a host
-  callback to numpy; on accelerators and multi-device meshes (rows may be sharded across
-  processes) it is a sort on the devices.  Both give the same exact value.
+  A sort on the devices (rows may be sharded across devices and processes). On a CPU
+  backend the closed form takes numpy's partition instead (`closed_form._medians`): XLA's
+  CPU sort is a generic comparator sort, ~10× slower on these shapes. Both give the same
+  exact value.
 
   Args:
     y: rows [n, ...].
@@ -119,20 +119,6 @@ def masked_median(y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """
   if mask is None:
     mask = jnp.ones(y.shape[0], y.dtype)
-  if jax.default_backend() == "cpu" and jax.device_count() == 1:
-    # float64 travels as uint32 pairs: the callback thread may not see a thread-local
-    # jax.enable_x64 context, and would then narrow a float64 result to float32.
-    wide = np.dtype(y.dtype) == np.float64
-    spec = jax.ShapeDtypeStruct(
-        y.shape[1:] + ((2,) if wide else ()), jnp.uint32 if wide else y.dtype
-    )
-
-    def host(yh, mh):
-      m = np.median(np.asarray(yh)[np.asarray(mh) > 0], axis=0).astype(y.dtype)
-      return np.ascontiguousarray(m).view(np.uint32).reshape(spec.shape) if wide else m
-
-    out = jax.pure_callback(host, spec, y, mask, vmap_method="sequential")
-    return jax.lax.bitcast_convert_type(out, jnp.float64) if wide else out
   big = jnp.where(mask.reshape((-1,) + (1,) * (y.ndim - 1)) > 0, y, jnp.inf)
   srt = jnp.sort(big, axis=0)
   c = jnp.sum(mask > 0).astype(jnp.int32)
