@@ -46,9 +46,11 @@ def test_regression_metrics_plain_definition():
   rng = np.random.default_rng(0)
   y, p = rng.normal(size=(50, 4)) + 1, rng.normal(size=(50, 4))
   got = jax.jit(metrics.regression_metrics)(jnp.asarray(y), jnp.asarray(p))
+  host = metrics.regression_metrics(y.astype(np.float32), p.astype(np.float32), xp=np)
   ref = ref_metrics(y, p)
   for k, v in ref.items():
     np.testing.assert_allclose(np.asarray(got[k]), v, rtol=1e-5)
+    np.testing.assert_allclose(host[k], v, rtol=1e-5)
 
 
 def test_controls_train_mean_and_zero():

@@ -272,3 +272,34 @@ def test_saved_mlp_stitches_load_apply_and_export(tmp_path):
     assert sorted(z.files) == sorted(arrays) and len(arrays) == 4  # two dense layers: w, b each
     for name, leaf in inspect.flatten(best[k]).items():
       np.testing.assert_array_equal(z[name], leaf)
+
+
+def test_init_draws_share_programs_and_match_init_pair():
+  """The initial weights come from a few power-of-two threefry programs (a prefix of a
+  flat draw is the shape's draw, bit for bit) and equal `init_pair` per pair."""
+  key = jax.random.PRNGKey(5)
+  for shape in [(3, 5), (16, 16), (300, 384), (1, 1)]:
+    np.testing.assert_array_equal(
+        mlp._draw_normal(key, shape), np.asarray(jax.random.normal(key, shape, jnp.float32))
+    )
+  dims = [12, 20, 12, 7]
+  cfg = mlp.StitchConfig(depth=2, layer_norm=True)
+  tcfg = mlp.TrainConfig(steps=10, eval_every=10, warmup_steps=1, seed=4)
+  plan = mlp.make_plan(dims, cfg)
+  n0 = mlp._normal_flat._cache_size()
+  got = mlp.per_pair(mlp.init_state(plan, cfg, tcfg), plan, "params")
+  sizes = {
+      1 << (a * b - 1).bit_length()
+      for g in plan.groups
+      for a, b in zip(
+          mlp._layer_sizes(g.d_in, g.d_out, cfg)[:-1], mlp._layer_sizes(g.d_in, g.d_out, cfg)[1:]
+      )
+  }
+  assert mlp._normal_flat._cache_size() - n0 <= len(sizes) < 3 * len(plan.groups)
+  ref = jax.jit(mlp.init_pair, static_argnums=(1, 2, 3))
+  for k, (s, t) in enumerate(plan.pairs):
+    want = ref(jax.random.fold_in(mlp.pair_key(tcfg.seed, s, t), 0), dims[s], dims[t], cfg)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got[k])):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+  shapes = jax.tree.map(lambda a: (a.shape, a.dtype), mlp.abstract_state(plan, cfg, tcfg))
+  assert shapes == jax.tree.map(lambda a: (a.shape, a.dtype), mlp.init_state(plan, cfg, tcfg))

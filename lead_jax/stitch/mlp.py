@@ -297,6 +297,10 @@ def _dot(a, b, cfg: StitchConfig):
   return jnp.matmul(a, b, precision=prec)
 
 
+def _layer_sizes(d_in: int, d_out: int, cfg: StitchConfig) -> list[int]:
+  return [d_in] + [cfg.width_for(d_in, d_out)] * cfg.depth + [d_out]
+
+
 def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
   """Parameters of one stitch: LeCun-normal weights (variance 1/fan_in), zero biases.
 
@@ -310,18 +314,24 @@ def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
     {"dense": ({"w", "b"}, …) per layer, "ln": ({"scale", "bias"}, …) per hidden layer
     when `cfg.layer_norm`, "log_temp" when InfoNCE learns its temperature}.
   """
-  w = cfg.width_for(d_in, d_out)
-  sizes = [d_in] + [w] * cfg.depth + [d_out]
+  sizes = _layer_sizes(d_in, d_out, cfg)
   keys = jax.random.split(key, len(sizes) - 1)
+  raw = tuple(
+      jax.random.normal(k, (a, b), jnp.float32) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+  )
+  return _pair_params(raw, d_in, d_out, cfg)
+
+
+def _pair_params(raw, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
+  """`init_pair`'s parameters from its layers' N(0, 1) draws `raw` ([a, b] per layer)."""
+  sizes = _layer_sizes(d_in, d_out, cfg)
   dense = tuple(
-      {
-          "w": jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a),
-          "b": jnp.zeros((b,), jnp.float32),
-      }
-      for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+      {"w": r / math.sqrt(a), "b": jnp.zeros((b,), jnp.float32)}
+      for r, a, b in zip(raw, sizes[:-1], sizes[1:])
   )
   p: dict[str, Any] = {"dense": dense}
   if cfg.layer_norm and cfg.depth:
+    w = sizes[1]
     p["ln"] = tuple(
         {"scale": jnp.ones((w,), jnp.float32), "bias": jnp.zeros((w,), jnp.float32)}
         for _ in range(cfg.depth)
@@ -329,6 +339,26 @@ def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
   if cfg.objective == "infonce" and cfg.learn_temperature:
     p["log_temp"] = jnp.asarray(math.log(cfg.temperature), jnp.float32)
   return p
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_flat(key: jax.Array, n: int) -> jax.Array:
+  return jax.random.normal(key, (n,), jnp.float32)
+
+
+def _draw_normal(key: jax.Array, shape: tuple[int, ...]) -> np.ndarray:
+  """`jax.random.normal(key, shape, float32)`, bit for bit, from a program per power of two.
+
+  Threefry draws are elementwise in the flat index (`jax_threefry_partitionable`, JAX's
+  default), so a shape's draw is the prefix of any longer flat one: every layer shape of
+  every group and depth shares the few programs of the power-of-two lengths. A threefry
+  program takes ~0.25 s to compile on CPU; one per layer shape and pair group made the
+  MLP's initial state cost 3.5 s of compile per depth on the default job.
+  """
+  n = math.prod(shape)
+  if not jax.config.jax_threefry_partitionable:  # no prefix property: the shape itself
+    return np.asarray(jax.random.normal(key, shape, jnp.float32))
+  return np.asarray(_normal_flat(key, 1 << max(n - 1, 0).bit_length()))[:n].reshape(shape)
 
 
 def _layer_norm(h, ln, eps=1e-6):
@@ -559,12 +589,31 @@ def pair_update(params, opt_state, active, x_bd, y_bd, *, cfg: StitchConfig, tcf
 # ----------------------------------------------------------------------------- all pairs
 
 
-def _group_init(g: Group, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
-  # vmapped over the group's pairs, not a Python loop: one threefry program per group
-  # instead of one per pair (the unrolled loop took 104 s to compile at 17 models).
-  src, tgt = (jnp.asarray(v, jnp.uint32) for v in zip(*g.pairs))
-  keys = jax.vmap(lambda s, t: pair_key(tcfg.seed, s, t))(src, tgt)
-  params = jax.vmap(lambda k: init_pair(jax.random.fold_in(k, 0), g.d_in, g.d_out, cfg))(keys)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _pair_keys(seed: int, src, tgt, n_layers: int):
+  """Per pair its key (`pair_key`) [P, 2] and its layers' init keys [P, n_layers, 2]."""
+  keys = jax.vmap(lambda s, t: pair_key(seed, s, t))(src, tgt)
+  return keys, jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 0), n_layers))(keys)
+
+
+def _init_draws(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> tuple:
+  """Per group: (its pairs' keys [P, 2], per layer their N(0, 1) weight draws [P, a, b])."""
+  n_layers = cfg.depth + 1
+  src, tgt = (np.asarray(v, np.uint32) for v in zip(*plan.pairs))
+  keys, lkeys = (np.asarray(a) for a in _pair_keys(tcfg.seed, src, tgt, n_layers))
+  out = []
+  for g in plan.groups:
+    sizes, ix = _layer_sizes(g.d_in, g.d_out, cfg), list(g.pair_index)
+    raw = tuple(
+        np.stack([_draw_normal(lkeys[k, j], (a, b)) for k in ix])
+        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    )
+    out.append((keys[ix], raw))
+  return tuple(out)
+
+
+def _group_init(g: Group, keys, raw, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  params = jax.vmap(lambda r: _pair_params(r, g.d_in, g.d_out, cfg))(raw)
   opt = jax.vmap(make_optimizer(tcfg).init)(params)
   p = len(g.pairs)
   nan = jnp.full((p, tcfg.n_evals), jnp.nan, jnp.float32)
@@ -598,16 +647,31 @@ def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> d
     (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the RNG), best
     {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals] (mean
     minibatch loss over each eval window, and val loss at its end; NaN = not yet).
+    Each pair's params are `init_pair(fold_in(pair_key(seed, s, t), 0), …)`: the same
+    N(0, 1) draws bit for bit (`_draw_normal`), scaled by 1/√fan_in in this program
+    (within an ulp of `init_pair`'s own fused program).
   """
-  return _init_state(plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
+  return _init_state(_init_draws(plan, cfg, tcfg), plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
+
+
+def abstract_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  """`init_state`'s shapes and dtypes (`jax.ShapeDtypeStruct` leaves), nothing drawn."""
+  draws = []
+  for g in plan.groups:
+    sizes, p = _layer_sizes(g.d_in, g.d_out, cfg), len(g.pairs)
+    raw = tuple(jax.ShapeDtypeStruct((p, a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:]))
+    draws.append((jax.ShapeDtypeStruct((p, 2), jnp.uint32), raw))
+  return jax.eval_shape(functools.partial(_init_state, plan=plan, cfg=cfg, tcfg=tcfg), tuple(draws))
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg", "mesh"))
-def _init_state(*, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
+def _init_state(draws, *, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> dict:
   return shard_pairs(
       {
           "step": jnp.zeros((), jnp.int32),
-          "groups": tuple(_group_init(g, cfg, tcfg) for g in plan.groups),
+          "groups": tuple(
+              _group_init(g, keys, raw, cfg, tcfg) for g, (keys, raw) in zip(plan.groups, draws)
+          ),
       },
       mesh,
   )
@@ -883,8 +947,9 @@ def per_pair(state: dict, plan: Plan, key: str | Sequence[str]) -> list:
     tree = gs
     for k in keys:
       tree = tree[k]
+    tree = gather(tree)  # one host copy per leaf, not an eager slice per pair
     for i, k in enumerate(g.pair_index):
-      out[k] = jax.tree.map(lambda a: np.asarray(a[i]), tree)
+      out[k] = jax.tree.map(lambda a: a[i], tree)
   return out
 
 
@@ -927,10 +992,10 @@ def evaluate(
 
   preds = predict_val(tuple(gs["best_params"] for gs in state["groups"]), val, plan=plan, cfg=cfg)
   out: list = [None] * len(plan.pairs)
-  reg = jax.jit(metrics.regression_metrics)
-  for g, (yhat, y) in zip(plan.groups, preds):
+  for g, (yhat, y) in zip(plan.groups, gather(preds)):  # numpy: no program per shape
     for i, k in enumerate(g.pair_index):
-      out[k] = {name: float(v) for name, v in reg(y[i], yhat[i]).items()}
+      reg = metrics.regression_metrics(y[i], yhat[i], xp=np)
+      out[k] = {name: float(v) for name, v in reg.items()}
   return out
 
 

@@ -124,7 +124,7 @@ def restore(
   step = mngr.latest_step() if step is None else step
   if step is None:
     return None
-  abstract = jax.eval_shape(lambda: mlp.init_state(plan, cfg, tcfg))
+  abstract = mlp.abstract_state(plan, cfg, tcfg)
   out = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))
   return out[STATE]
 
