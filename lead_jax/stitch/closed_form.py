@@ -227,13 +227,34 @@ def _ols_one(x, xv, y, yv, tmask, vmask, xp=jnp):
   Returns:
     Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T], float64.
   """
+  return _ols_source(x, xv, _ols_targets(y, yv, tmask), tmask, vmask, xp)
+
+
+def _ols_targets(y, yv, tmask=None):
+  """`_ols_source`'s targets: train mean μ [T], centred masked train rows [N, T], val rows
+  minus μ [n, T] (computed once per split, shared by every source). tmask None: every
+  train row counts (the host path passes only a fold's train rows)."""
+  if tmask is None:
+    mu_y = y.mean(axis=0)
+    return mu_y, y - mu_y, yv - mu_y
   lo = y.dtype
-  ntr = xp.sum(tmask)
-  mu_x = tmask @ x / ntr
-  mu_y = tmask.astype(lo) @ y / ntr.astype(lo)
-  q, r = xp.linalg.qr((x - mu_x) * tmask[:, None])
+  mu_y = tmask.astype(lo) @ y / tmask.sum().astype(lo)
+  return mu_y, (y - mu_y) * tmask.astype(lo)[:, None], yv - mu_y
+
+
+def _ols_source(x, xv, targets, tmask, vmask, xp=jnp):
+  """`_ols_one` with the targets prepared by `_ols_targets` (tmask None: every row)."""
+  _, yc, yvc = targets
+  lo = yc.dtype
+  if tmask is None:
+    mu_x = x.mean(axis=0)
+    xc = x - mu_x
+  else:
+    mu_x = tmask @ x / xp.sum(tmask)
+    xc = (x - mu_x) * tmask[:, None]
+  q, r = xp.linalg.qr(xc)
   cut = np.finfo(x.dtype).eps * max(x.shape)
-  c = (q.astype(lo).T @ ((y - mu_y) * tmask.astype(lo)[:, None])).astype(x.dtype)  # [k, T]
+  c = (q.astype(lo).T @ yc).astype(x.dtype)  # [k, T]
   dr = xp.abs(xp.diagonal(r))
   sl = jax.scipy.linalg if xp is jnp else scipy.linalg
 
@@ -252,7 +273,7 @@ def _ols_one(x, xv, y, yv, tmask, vmask, xp=jnp):
     w = jax.lax.cond(jnp.min(dr) > cut * jnp.max(dr), triangular, min_norm, None)  # [d, T]
   else:
     w = triangular(None) if np.min(dr) > cut * np.max(dr) else min_norm(None)
-  res = (yv - mu_y) - ((xv - mu_x).astype(lo) @ w.astype(lo))
+  res = yvc - ((xv - mu_x).astype(lo) @ w.astype(lo))
   return vmask.astype(lo) @ (res * res)
 
 
@@ -311,13 +332,16 @@ def _exact_ols(xs, xvs, layout, lambdas, dtype, *, vidx=None, tmask=None, vmask=
     xs, xvs = distributed.gather((list(xs), list(xvs)))
     y, yv = np.concatenate(xs, axis=1), np.concatenate(xvs, axis=1)
     f64 = lambda a: np.asarray(a, np.float64)
+    # Per fold only its train rows (a fold's held-out rows would be zero rows of the
+    # QR), and the targets centred once per fold, not once per source.
+    rows = [np.flatnonzero(np.asarray(t) > 0) for t in tmask]
+    targets = _host_map(lambda f: _ols_targets(y[rows[f]], yv[vidx[f]]), range(len(vidx)))
     jobs = [(f, i) for f in range(len(vidx)) for i in range(len(xs))]
-    one = lambda fi: _ols_one(
-        f64(xs[fi[1]]),
+    one = lambda fi: _ols_source(
+        f64(xs[fi[1]][rows[fi[0]]]),
         f64(xvs[fi[1]][vidx[fi[0]]]),
-        y,
-        yv[vidx[fi[0]]],
-        f64(tmask[fi[0]]),
+        targets[fi[0]],
+        None,
         f64(vmask[fi[0]]),
         xp=np,
     )
