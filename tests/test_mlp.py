@@ -301,5 +301,8 @@ def test_init_draws_share_programs_and_match_init_pair():
     want = ref(jax.random.fold_in(mlp.pair_key(tcfg.seed, s, t), 0), dims[s], dims[t], cfg)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got[k])):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+  in_program = mlp._init_state(None, plan=plan, cfg=cfg, tcfg=tcfg)  # the accelerators' route
+  for a, b in zip(jax.tree.leaves(in_program), jax.tree.leaves(mlp.init_state(plan, cfg, tcfg))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
   shapes = jax.tree.map(lambda a: (a.shape, a.dtype), mlp.abstract_state(plan, cfg, tcfg))
   assert shapes == jax.tree.map(lambda a: (a.shape, a.dtype), mlp.init_state(plan, cfg, tcfg))

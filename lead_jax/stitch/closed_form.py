@@ -807,7 +807,7 @@ def _singular_values(x, xp):
   return xp.sqrt(xp.maximum(ev, 0.0))[..., ::-1]
 
 
-def _pair_block(xp, a, b, layout, ca, dp, xv, g, w, tr_aa, procrustes, spectra):
+def _pair_block(xp, a, b, layout, ca, dp, xv, g, w, tr_aa, procrustes, spectra, rot=None):
   """Procrustes' val sums and the spectra of one (source, target) width-group pair.
 
   Written once for numpy (`xp=np`, on the host: a CPU backend, no compile) and for
@@ -823,6 +823,7 @@ def _pair_block(xp, a, b, layout, ca, dp, xv, g, w, tr_aa, procrustes, spectra):
     g, w: per val column Σ ỹ² and ω [T].
     tr_aa: tr C_AA per member of a [m_a].
     procrustes, spectra: what to compute.
+    rot: None, or (host) `_rotations`' {(i, j): (R_ij, σ_ij)} for the block's pairs.
 
   Returns:
     {procrustes / procrustes_scaled: (Σ SSE, Σ ω SSE, scale), each [m_a, m_b];
@@ -833,9 +834,14 @@ def _pair_block(xp, a, b, layout, ca, dp, xv, g, w, tr_aa, procrustes, spectra):
   m_a, m_b = len(mem_a), len(mem_b)
   out = {}
   if procrustes:
-    c = xp.transpose(ca[:, :, cols_b].reshape(m_a, d_a, m_b, d_b), (0, 2, 1, 3))
-    u, sig, vt = xp.linalg.svd(c, full_matrices=False)
-    r = u @ vt  # the polar factor: (semi-)orthogonal whatever c's rank (`polar`)
+    if rot is None:
+      c = xp.transpose(ca[:, :, cols_b].reshape(m_a, d_a, m_b, d_b), (0, 2, 1, 3))
+      u, sig, vt = xp.linalg.svd(c, full_matrices=False)
+      r = u @ vt  # the polar factor: (semi-)orthogonal whatever c's rank (`polar`)
+    else:  # a model with itself: zeros (its entries are NaN-filled in `_finish`)
+      none = (np.zeros((d_a, d_b), ca.dtype), np.zeros(min(d_a, d_b), ca.dtype))
+      rs = [[rot.get((i, j), none) for j in mem_b] for i in mem_a]
+      r, sig = (np.asarray([[x[q] for x in row] for row in rs]) for q in (0, 1))
     xa = xp.swapaxes(_group_cols(xv, layout, a, xp), 0, 1)  # [m_a, n, d_a]
     yb = xp.swapaxes(_group_cols(xv, layout, b, xp), 0, 1)  # [m_b, n, d_b]
     pred = xa[:, None] @ r  # [m_a, m_b, n, d_b]
@@ -881,6 +887,34 @@ def _on_host() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def _rotations(ca, layout) -> dict:
+  """Procrustes' polar factor R_ij and singular values σ_ij of every ordered model pair
+  i ≠ j, on the host: one SVD per unordered pair, C_ji = C_ijᵀ giving R_ji = R_ijᵀ.
+
+  Args:
+    ca: per source group its rows of the centred train Gram [m_a, d_a, T] (numpy).
+    layout: the grouping.
+
+  Returns:
+    {(i, j): (R [d_i, d_j], σ [min(d_i, d_j)])}.
+  """
+  off = _offsets(layout)
+  where = {i: (a, k) for a, (_, mem) in enumerate(layout.groups) for k, i in enumerate(mem)}
+  n_m = layout.n_models
+
+  def one(ij):
+    i, j = ij
+    a, k = where[i]
+    u, sig, vt = np.linalg.svd(ca[a][k, :, off[j] : off[j + 1]], full_matrices=False)
+    return u @ vt, sig
+
+  todo = [(i, j) for i in range(n_m) for j in range(i + 1, n_m)]
+  out = {}
+  for (i, j), (r, sig) in zip(todo, _host_map(one, todo)):
+    out[i, j], out[j, i] = (r, sig), (r.T, sig)
+  return out
+
+
 def _pairs(raw, dev, layout, procrustes, spectra):
   """`_pair_block` for every group pair; [M, M] (caller order) numpy results."""
   if not (procrustes or spectra):
@@ -900,6 +934,8 @@ def _pairs(raw, dev, layout, procrustes, spectra):
       if not (a == b and len(mem_a) == 1)  # the model with itself only (NaN-filled)
   ]
 
+  rot = _rotations(dev["ca"], layout) if host and procrustes else None
+
   def one(ab):
     a, b = ab
     args = dict(
@@ -915,7 +951,7 @@ def _pairs(raw, dev, layout, procrustes, spectra):
         procrustes=procrustes,
         spectra=spectra,
     )
-    return _pair_block(np, **args) if host else distributed.gather(_pair_block_jit(**args))
+    return _pair_block(np, rot=rot, **args) if host else distributed.gather(_pair_block_jit(**args))
 
   results = _host_map(one, todo) if host else [one(ab) for ab in todo]
   for (a, b), res in zip(todo, results):

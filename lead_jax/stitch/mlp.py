@@ -314,12 +314,16 @@ def init_pair(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
     {"dense": ({"w", "b"}, …) per layer, "ln": ({"scale", "bias"}, …) per hidden layer
     when `cfg.layer_norm`, "log_temp" when InfoNCE learns its temperature}.
   """
+  return _pair_params(_raw_normals(key, d_in, d_out, cfg), d_in, d_out, cfg)
+
+
+def _raw_normals(key: jax.Array, d_in: int, d_out: int, cfg: StitchConfig) -> tuple:
+  """A stitch's N(0, 1) weight draws, [a, b] per layer (before the 1/√fan_in scale)."""
   sizes = _layer_sizes(d_in, d_out, cfg)
   keys = jax.random.split(key, len(sizes) - 1)
-  raw = tuple(
+  return tuple(
       jax.random.normal(k, (a, b), jnp.float32) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
   )
-  return _pair_params(raw, d_in, d_out, cfg)
 
 
 def _pair_params(raw, d_in: int, d_out: int, cfg: StitchConfig) -> dict:
@@ -612,7 +616,13 @@ def _init_draws(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> tuple:
   return tuple(out)
 
 
-def _group_init(g: Group, keys, raw, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+def _group_init(g: Group, draws, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
+  if draws is None:  # drawn in this program, vmapped over the group's pairs
+    src, tgt = (jnp.asarray(v, jnp.uint32) for v in zip(*g.pairs))
+    keys = jax.vmap(lambda s, t: pair_key(tcfg.seed, s, t))(src, tgt)
+    raw = jax.vmap(lambda k: _raw_normals(jax.random.fold_in(k, 0), g.d_in, g.d_out, cfg))(keys)
+  else:
+    keys, raw = draws
   params = jax.vmap(lambda r: _pair_params(r, g.d_in, g.d_out, cfg))(raw)
   opt = jax.vmap(make_optimizer(tcfg).init)(params)
   p = len(g.pairs)
@@ -647,21 +657,19 @@ def init_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh=None) -> d
     (leading pair axis P): params, opt, best_params, keys [P, 2] uint32 (the RNG), best
     {val, step, bad, active, stopped_at}, history {train, val} [P, n_evals] (mean
     minibatch loss over each eval window, and val loss at its end; NaN = not yet).
-    Each pair's params are `init_pair(fold_in(pair_key(seed, s, t), 0), …)`: the same
-    N(0, 1) draws bit for bit (`_draw_normal`), scaled by 1/√fan_in in this program
-    (within an ulp of `init_pair`'s own fused program).
+    Each pair's params are `init_pair(fold_in(pair_key(seed, s, t), 0), …)`. On a CPU
+    backend its N(0, 1) draws come from the host loop `_init_draws` (the same draws bit
+    for bit, from a few programs; the 1/√fan_in scale within an ulp of `init_pair`'s
+    fused program); on accelerators, where threefry compiles fast and a host round trip
+    of every draw would not be, they are drawn inside the one program.
   """
-  return _init_state(_init_draws(plan, cfg, tcfg), plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
+  draws = _init_draws(plan, cfg, tcfg) if jax.default_backend() == "cpu" else None
+  return _init_state(draws, plan=plan, cfg=cfg, tcfg=tcfg, mesh=mesh)
 
 
 def abstract_state(plan: Plan, cfg: StitchConfig, tcfg: TrainConfig) -> dict:
   """`init_state`'s shapes and dtypes (`jax.ShapeDtypeStruct` leaves), nothing drawn."""
-  draws = []
-  for g in plan.groups:
-    sizes, p = _layer_sizes(g.d_in, g.d_out, cfg), len(g.pairs)
-    raw = tuple(jax.ShapeDtypeStruct((p, a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:]))
-    draws.append((jax.ShapeDtypeStruct((p, 2), jnp.uint32), raw))
-  return jax.eval_shape(functools.partial(_init_state, plan=plan, cfg=cfg, tcfg=tcfg), tuple(draws))
+  return jax.eval_shape(functools.partial(_init_state, None, plan=plan, cfg=cfg, tcfg=tcfg))
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "cfg", "tcfg", "mesh"))
@@ -670,7 +678,8 @@ def _init_state(draws, *, plan: Plan, cfg: StitchConfig, tcfg: TrainConfig, mesh
       {
           "step": jnp.zeros((), jnp.int32),
           "groups": tuple(
-              _group_init(g, keys, raw, cfg, tcfg) for g, (keys, raw) in zip(plan.groups, draws)
+              _group_init(g, None if draws is None else draws[k], cfg, tcfg)
+              for k, g in enumerate(plan.groups)
           ),
       },
       mesh,
