@@ -281,3 +281,28 @@ def test_one_core_process_finishes():
   cv = cf.cross_validate_all_pairs(xs, [0.0, 1.0], n_folds=3, control_dim=4)
   np.testing.assert_allclose(got["fit"], np.nan_to_num(fit["chosen"]["eav"]), atol=1e-6)
   np.testing.assert_allclose(got["cv"], np.nan_to_num(cv["mean"]["chosen"]["eav"]), atol=1e-6)
+
+
+def test_exact_ols_device_route_matches_host(monkeypatch):
+  """The jitted exact OLS (the accelerators' route) equals the host's numpy one, on one
+  split and on k-fold masks, and both match float64 lstsq on the fold's rows."""
+  xs = [x.astype(np.float32) for x in _data([5, 8, 5], 60, seed=4)]
+  layout = cf.gram_lib.make_layout([5, 8, 5])
+  idx, mask = cf.metrics.fold_indices(60, 3, 0)
+  tmask = np.ones((3, 60), np.float32)
+  for f in range(3):
+    tmask[f, idx[f][mask[f] > 0]] = 0.0
+  kw = dict(vidx=idx, tmask=tmask, vmask=mask)
+  host = cf._exact_ols(xs, xs, layout, [0.0], np.float32, **kw)
+  monkeypatch.setattr(cf, "_on_host", lambda: False)
+  dev = cf._exact_ols(xs, xs, layout, [0.0], np.float32, **kw)
+  for h, d in zip(host, dev):
+    np.testing.assert_allclose(np.asarray(d), h, rtol=1e-5, atol=1e-7)
+  y = np.concatenate(xs, 1).astype(np.float64)
+  tr, va = tmask[0] > 0, idx[0][mask[0] > 0]
+  x = np.c_[xs[1][tr].astype(np.float64), np.ones(tr.sum())]
+  w = np.linalg.lstsq(x, y[tr], rcond=None)[0]
+  ref = ((np.c_[xs[1][va].astype(np.float64), np.ones(len(va))] @ w - y[va]) ** 2).sum(0)
+  g = [a for a, (_, mem) in enumerate(layout.groups) if 1 in mem][0]
+  k = list(layout.groups[g][1]).index(1)
+  np.testing.assert_allclose(host[g][0, k], ref, rtol=1e-4, atol=1e-6)

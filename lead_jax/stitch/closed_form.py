@@ -21,7 +21,7 @@ One eigendecomposition C_AA = V diag(s) Vᵀ per *source* serves every target an
 The λ = 0 *path metrics* do not come from f_0: a float32 Gram cannot resolve real
 embeddings' dead dimensions (eigenvalue ratios < 1e-16) nor, with a k·eps32 cutoff,
 an ill-conditioned source. They come from min-norm least squares on each source's rows
-factorised in float64 (`_ols_one`: QR, then a triangular solve, or an SVD of R with
+factorised in float64 (`_ols_source`: QR, then a triangular solve, or an SVD of R with
 lstsq's cutoff when columns are dependent), one program per source width group; the
 chosen stitch at λ = 0, rarely chosen, is f_0's.
 
@@ -195,16 +195,28 @@ def polar(c: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _columns(layout: Layout, b: int) -> np.ndarray:
   """The columns of target group b's members in the caller-order concatenation [.., T]."""
-  off = np.concatenate([[0], np.cumsum(layout.dims)])
+  off = _offsets(layout)
   d_b, members = layout.groups[b]
   return np.concatenate([np.arange(off[t], off[t] + d_b) for t in members])
 
 
-def _ols_one(x, xv, y, yv, tmask, vmask, xp=jnp):
+def _ols_targets(y, yv, tmask=None):
+  """`_ols_source`'s targets: the train rows centred by their train mean μ (and masked)
+  [N, T], and the val rows minus μ [n, T]; computed once per split, shared by every
+  source. tmask None: every train row counts (the host path passes a fold's train rows)."""
+  if tmask is None:
+    mu_y = y.mean(axis=0)
+    return y - mu_y, yv - mu_y
+  lo = y.dtype
+  mu_y = tmask.astype(lo) @ y / tmask.sum().astype(lo)
+  return (y - mu_y) * tmask.astype(lo)[:, None], yv - mu_y
+
+
+def _ols_source(x, xv, targets, tmask, vmask, xp=jnp):
   """Val SSE per target column of min-norm least squares, one source.
 
-  x, xv, tmask and vmask are float64; y and yv are the targets in the engine's dtype.
-  The source is factorised in float64, X̃ = QR (Householder QR, backward stable), so
+  x, xv, tmask and vmask are float64; the targets (`_ols_targets`) are in the engine's
+  dtype. The source is factorised in float64, X̃ = QR (Householder QR, backward stable), so
   directions whose variance is float32 rounding noise (dead dimensions, σ ratios ~1e-7)
   are resolved and fitted as `numpy.linalg.lstsq` fits them, which no Gram-based solve
   can do. With R well inside float64's range (every |R_ii| > eps64·max(N, d)·max|R_ii|)
@@ -212,39 +224,22 @@ def _ols_one(x, xv, y, yv, tmask, vmask, xp=jnp):
   of R with lstsq's cutoff σ > eps64·max(N, d)·σ_max, the minimum-norm solution. The
   products with the targets (QᵀỸ and the val predictions, the FLOPs that scale with
   ΣD) run in the targets' dtype with Q and W rounded to it: their rounding is relative
-  to each entry, not amplified by 1/σ. Train rows with tmask 0 are left out (k-fold);
-  val rows are weighted by vmask.
+  to each entry, not amplified by 1/σ. Train rows with tmask 0 are left out (k-fold;
+  tmask None: every row counts); val rows are weighted by vmask.
 
   Args:
     x: train rows [N, d].
     xv: val rows [n, d].
-    y: the targets' train rows [N, T].
-    yv: their val rows [n, T].
-    tmask: [N] train row weights (0 or 1).
+    targets: `_ols_targets(y, yv, tmask)` for the targets' train rows y [N, T] and val
+      rows yv [n, T] (once per split, shared by every source).
+    tmask: [N] train row weights (0 or 1), or None.
     vmask: [n] val row weights.
     xp: `jnp` (traced) or `np` (on the host, `_exact_ols` on a CPU backend).
 
   Returns:
     Σ_n vmask_n (ỹ_n − x̃_n W)² per target column [T], float64.
   """
-  return _ols_source(x, xv, _ols_targets(y, yv, tmask), tmask, vmask, xp)
-
-
-def _ols_targets(y, yv, tmask=None):
-  """`_ols_source`'s targets: train mean μ [T], centred masked train rows [N, T], val rows
-  minus μ [n, T] (computed once per split, shared by every source). tmask None: every
-  train row counts (the host path passes only a fold's train rows)."""
-  if tmask is None:
-    mu_y = y.mean(axis=0)
-    return mu_y, y - mu_y, yv - mu_y
-  lo = y.dtype
-  mu_y = tmask.astype(lo) @ y / tmask.sum().astype(lo)
-  return mu_y, (y - mu_y) * tmask.astype(lo)[:, None], yv - mu_y
-
-
-def _ols_source(x, xv, targets, tmask, vmask, xp=jnp):
-  """`_ols_one` with the targets prepared by `_ols_targets` (tmask None: every row)."""
-  _, yc, yvc = targets
+  yc, yvc = targets
   lo = yc.dtype
   if tmask is None:
     mu_x = x.mean(axis=0)
@@ -298,7 +293,8 @@ def _ols_exact(xs, xvs, y, yv, vidx, tmask, vmask):
 
   def fold(args):
     vi, tm, vm = args
-    one = lambda a: _ols_one(a[0], a[1][vi], y, yv[vi], f64(tm), f64(vm)).astype(jnp.float64)
+    targets = _ols_targets(y, yv[vi], f64(tm))  # once per fold, shared by the sources
+    one = lambda a: _ols_source(a[0], a[1][vi], targets, f64(tm), f64(vm)).astype(jnp.float64)
     return jax.lax.map(one, (x, xv))
 
   return jax.lax.map(fold, (vidx, tmask, vmask))
@@ -1181,7 +1177,7 @@ def fit_all_pairs(
     procrustes: fit the Procrustes stitches (False turns them off).
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
     predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
-    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_one`);
+    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_source`);
       False: from the engine-dtype pseudo-inverse of the Gram (cheaper; off by up to
       ~1e-3 relative on real embeddings with dead dimensions).
     mesh: optional `jax.sharding.Mesh` with `data` and/or `pairs` axes
@@ -1324,7 +1320,7 @@ def cross_validate_all_pairs(
     procrustes: fit the Procrustes stitches.
     spectra: compute the singular-value spectra of W and the orthogonality diagnostics.
     predictions: compute the row-level metrics (MAE, EAV, cosine) at the chosen λ.
-    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_one`);
+    exact_ols: λ = 0's path metrics from float64 least squares on the rows (`_ols_source`);
       False: from the engine-dtype pseudo-inverse of the Gram (cheaper; off by up to
       ~1e-3 relative on real embeddings with dead dimensions).
     mesh: optional mesh, as in `fit_all_pairs`.
